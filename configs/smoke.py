@@ -1,0 +1,20 @@
+"""Smoke test: bundled digits, 10 clients in 3 SR tiers; about a minute on a 2-core CPU.
+
+    fedconv-jax run --config configs/smoke.py --workdir runs/smoke
+"""
+
+from fedconv_jax.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.dataset = "digits"
+    config.num_clients = 10
+    config.shrink_ratios = (1.0, 1.0, 1.0, 0.75, 0.75, 0.75, 0.75, 0.5, 0.5, 0.5)
+    config.rounds = 30
+    config.local_epochs = 2
+    config.pretrain_epochs = 20
+    config.compress_epochs = 2
+    config.dilate_epochs = 2
+    config.aggregate_epochs = 2
+    return config

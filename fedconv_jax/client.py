@@ -1,0 +1,57 @@
+"""Local training of ONE client: a plain small model, no knowledge of compression."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedconv_jax.tuning import IndexSet, masked_cross_entropy, shuffled_batches
+from fedconv_jax.types import PRNGKey, Variables
+
+# apply_fn(variables, images, train) -> (logits, batch_stats)
+ApplyFn = Callable[[Variables, jax.Array, bool], tuple[jax.Array, dict]]
+
+
+def local_train(
+    apply_fn: ApplyFn,
+    variables: Variables,
+    images: jax.Array,
+    labels: jax.Array,
+    data: IndexSet,
+    key: PRNGKey,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+) -> Variables:
+    """`epochs` of Adam over the client's padded index list; returns the trained variables.
+
+    Clients of different sizes share one compiled shape: every client runs
+    ceil(capacity / batch_size) steps per epoch, and steps whose batch is all padding leave
+    parameters, BatchNorm statistics and Adam's moments untouched. A fresh Adam per round,
+    as in the reference code.
+    """
+    optimizer = optax.adam(lr)
+
+    def step(carry, batch):
+        params, stats, opt_state = carry
+        idx, mask = batch
+
+        def loss(p):
+            logits, new_stats = apply_fn({"params": p, "batch_stats": stats}, images[idx], True)
+            return masked_cross_entropy(logits, labels[idx], mask), new_stats
+
+        grads, new_stats = jax.grad(loss, has_aux=True)(params)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new = (optax.apply_updates(params, updates), new_stats, new_opt_state)
+        keep = jnp.any(mask)
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), None
+
+    def epoch(carry, k):
+        carry, _ = jax.lax.scan(step, carry, shuffled_batches(k, data, batch_size))
+        return carry, None
+
+    carry = (variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
+    (params, stats, _), _ = jax.lax.scan(epoch, carry, jax.random.split(key, epochs))
+    return {"params": params, "batch_stats": stats}

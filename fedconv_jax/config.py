@@ -1,0 +1,229 @@
+"""Run configs: defaults, loading, command-line overrides, validation, and the RoundConfig.
+
+Every field has its default here (the paper's setting where it gives one, SPEC §2-§6); files in
+configs/ start from `default_config()` and change what they need. Library functions never
+read configs: `make_round_config` turns one into keyword arguments.
+"""
+
+import ast
+import importlib.util
+import math
+from pathlib import Path
+
+import ml_collections
+
+from fedconv_jax.aggregation import GRANULARITIES
+from fedconv_jax.filters import FILTER_IMPLS, FILTER_INITS, PRE_PROJECTIONS, RESIDUALS, FilterConfig
+from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
+from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
+from fedconv_jax.tuning import TuningConfig
+
+ALGORITHMS = ("fedconv",)
+DATASETS = ("digits",)
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message is one line: field, value, allowed."""
+
+    def __init__(self, field: str, value, allowed: str):
+        super().__init__(f"config.{field}={value!r} is not allowed: {allowed}")
+        self.field = field
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # --- what to run
+    c.algorithm = "fedconv"  # federated algorithm; "fedconv" (baselines come with a later issue)
+    c.dataset = "digits"  # data source; "digits" = scikit-learn's bundled 8x8 digits (no download)
+    c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN) or "cnn_bn" (the same with BatchNorm)
+    c.seed = 0  # one seed for data split, init and every random draw
+    c.rounds = 100  # communication rounds
+    # --- clients and data split (SPEC §6)
+    c.num_clients = 20  # number of clients
+    c.shrink_ratios = (1.0,) * 4 + (0.75,) * 8 + (0.5,) * 4 + (0.25,) * 4  # SR of every client
+    c.alpha = 1.0  # Dirichlet concentration of the client label split (> 0; 1e4 ~ IID)
+    c.split_fractions = (0.05, 0.20, 0.70, 0.05)  # server tuning D, server test, client train, client test
+    c.holdout_fraction = 0.25  # share of D held out for model selection (never trained on)
+    # --- client training
+    c.local_epochs = 5  # local epochs per round
+    c.batch_size = 32  # batch size of clients and of server tuning
+    c.local_lr = 1e-3  # client Adam learning rate
+    # --- server tuning (SPEC §2)
+    c.pretrain_epochs = 5  # pre-training epochs of the global model on D (0 = none)
+    c.pretrain_every_round = False  # False: round 1 only (paper); True: every round (reference code)
+    c.pretrain_lr = 1e-3  # Adam learning rate of pre-training
+    c.compress_epochs = 20  # compression-filter tuning epochs per round (e_c)
+    c.dilate_epochs = 20  # dilation-filter tuning epochs per round (e_d)
+    c.aggregate_epochs = 20  # aggregation-weight tuning epochs per round
+    c.filter_lr = 1e-3  # Adam lr (lr_max of Eq. 2) of compression and dilation filters
+    c.filter_lr_min = 1e-5  # lr_min of Eq. 2
+    c.cosine_t_max = 0  # T_max of Eq. 2 (paper: 4); 0 = constant lr (reference code)
+    c.aggregate_lr = 1e-3  # Adam lr of the aggregation weights
+    c.select_best = True  # keep each tuning loop's best epoch on the held-out slice of D
+    # --- the filter module (SPEC §3)
+    c.filter_init = "identity"  # "identity" (slicing / zero padding at start) or "random" (reference code)
+    c.mlr = False  # apply MLR (0.85x / 0.001x) to generated tensors (paper: True)
+    c.pre_projection = "paper"  # "paper" (1x1 convs 1->16->1) or "affine" (reference code: a*x+b)
+    c.residual = "all"  # residual add for "all" tensors, "conv" kernels only (reference), or "none"
+    c.filter_impl = "matmul"  # 2-D correlation of the filters: "matmul" (Toeplitz) or "conv" (lax.conv)
+    # --- aggregation (SPEC §4)
+    c.aggregation = "learned"  # "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging)
+    c.aggregation_granularity = "layer"  # learned weights per "layer" (tensor) or per "element"
+    c.kld_weight = 0.2  # lambda of Eq. 5 (KL between previous global and the aggregate)
+    # --- execution
+    c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
+    c.client_parallelism = "vmap"  # clients of a tier: "vmap" or "map" (lax.map in chunks)
+    c.client_chunk = 4  # clients per lax.map chunk when client_parallelism="map"
+    c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
+    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile)
+    return c
+
+
+def load_config(path: str | Path) -> ml_collections.ConfigDict:
+    """Runs `get_config()` of a config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", str(path), "a path to an existing configs/<name>.py file")
+    spec = importlib.util.spec_from_file_location(f"_fedconv_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError("config", str(path), "a file that defines get_config()")
+    return module.get_config()
+
+
+def _parse_value(field: str, text: str, default):
+    """Parses an override with the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0"):
+                raise ValueError
+            return lowered in ("true", "1")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple | list):
+            value = ast.literal_eval(text)
+            return tuple(value) if isinstance(value, tuple | list) else (value,)
+        return text
+    except (ValueError, SyntaxError):
+        kind = type(default).__name__
+        raise ConfigError(field, text, f"a value of type {kind}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+    """Sets `--config.<field>=<value>` overrides; unknown fields are refused."""
+    for field, text in overrides.items():
+        if field not in config:
+            raise ConfigError(field, text, "not a config field; see fedconv_jax/config.py")
+        config[field] = _parse_value(field, text, config[field])
+
+
+def _choice(config, field, allowed):
+    if config[field] not in allowed:
+        raise ConfigError(field, config[field], "one of " + ", ".join(map(str, allowed)))
+
+
+def _positive_int(config, field, minimum=1):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field, value, f"an integer >= {minimum}")
+
+
+def _number(config, field, low, high, low_open=False, high_open=False):
+    value = config[field]
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(field, value, f"a finite number in {interval}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every field before anything compiles; raises ConfigError on the first bad one."""
+    _choice(config, "algorithm", ALGORITHMS)
+    _choice(config, "dataset", DATASETS)
+    _choice(config, "model", MODELS)
+    for field in ("filter_init",):
+        _choice(config, field, FILTER_INITS)
+    _choice(config, "pre_projection", PRE_PROJECTIONS)
+    _choice(config, "residual", RESIDUALS)
+    _choice(config, "filter_impl", FILTER_IMPLS)
+    _choice(config, "aggregation", AGGREGATIONS)
+    _choice(config, "aggregation_granularity", GRANULARITIES)
+    _choice(config, "conv_impl", CONV_IMPLS)
+    _choice(config, "client_parallelism", CLIENT_PARALLELISM)
+    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing"):
+        if not isinstance(config[field], bool):
+            raise ConfigError(field, config[field], "true or false")
+    _positive_int(config, "seed", minimum=0)
+    for field in ("rounds", "num_clients", "local_epochs", "batch_size", "client_chunk", "eval_chunk"):
+        _positive_int(config, field)
+    for field in ("pretrain_epochs", "compress_epochs", "dilate_epochs", "aggregate_epochs", "cosine_t_max"):
+        _positive_int(config, field, minimum=0)
+    for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
+        _number(config, field, 0.0, 10.0, low_open=True)
+    _number(config, "filter_lr_min", 0.0, config.filter_lr)
+    _number(config, "kld_weight", 0.0, 1e6)
+    _number(config, "holdout_fraction", 0.0, 1.0, low_open=True, high_open=True)
+    _number(config, "alpha", 0.0, math.inf, low_open=True, high_open=True)
+    fractions = tuple(config.split_fractions)
+    if len(fractions) != 4 or any(not isinstance(f, int | float) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError("split_fractions", fractions, "4 positive numbers summing to 1")
+    ratios = tuple(config.shrink_ratios)
+    if len(ratios) != config.num_clients:
+        raise ConfigError("shrink_ratios", ratios, f"one SR per client ({config.num_clients} values)")
+    for ratio in ratios:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise ConfigError("shrink_ratios", ratio, "every SR in (0, 1]")
+        narrowest = min(_model_widths(config.model))
+        if scaled_width(narrowest, ratio) < 1:
+            raise ConfigError(
+                "shrink_ratios", ratio, f"an SR whose sub-model has no zero-width layer (>= {1 / narrowest:g})"
+            )
+
+
+def _model_widths(model: str) -> tuple[int, ...]:
+    return (16, 32)  # the CNN's conv widths; the class outputs are never scaled
+
+
+def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape) -> RoundConfig:
+    """Builds the static RoundConfig of a validated config."""
+
+    def filter_tuning(epochs):
+        return TuningConfig(
+            epochs=epochs, batch_size=config.batch_size, lr=config.filter_lr,
+            lr_min=config.filter_lr_min, cosine_t_max=config.cosine_t_max, select_best=config.select_best,
+        )
+
+    return RoundConfig(
+        model=make_model(config.model, num_classes, input_shape, config.conv_impl),
+        tier_ratios=tuple(tier_ratios),
+        tier_capacity=tuple(tier_capacity),
+        filters=FilterConfig(
+            pre_projection=config.pre_projection, residual=config.residual, mlr=config.mlr,
+            init=config.filter_init, impl=config.filter_impl,
+        ),
+        pretrain=TuningConfig(
+            epochs=config.pretrain_epochs, batch_size=config.batch_size, lr=config.pretrain_lr,
+            select_best=config.select_best,
+        ),
+        compress=filter_tuning(config.compress_epochs),
+        dilate=filter_tuning(config.dilate_epochs),
+        aggregate=TuningConfig(
+            epochs=config.aggregate_epochs, batch_size=config.batch_size, lr=config.aggregate_lr,
+            select_best=config.select_best,
+        ),
+        pretrain_every_round=config.pretrain_every_round,
+        local_epochs=config.local_epochs,
+        local_batch_size=config.batch_size,
+        local_lr=config.local_lr,
+        aggregation=config.aggregation,
+        aggregation_granularity=config.aggregation_granularity,
+        kld_weight=config.kld_weight,
+        client_parallelism=config.client_parallelism,
+        client_chunk=config.client_chunk,
+        eval_chunk=config.eval_chunk,
+    )

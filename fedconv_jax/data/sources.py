@@ -1,0 +1,95 @@
+"""Labelled image data sets held in host memory, and a registry of loaders.
+
+Everything here is host-side NumPy: a loader runs once before any compile, and the
+federated round later moves the whole image array to the device in one copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+
+# eq=False: a generated __eq__ would compare arrays element-wise and raise on `bool`,
+# and a generated __hash__ would fail on unhashable arrays; identity is what we want.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled image-classification data set held in host memory.
+
+    Attributes:
+        name: The registry name the data set was loaded under, e.g. ``"digits"``.
+        images: ``(N, H, W, C)`` float32 pixel values in ``[0, 1]`` (channels last,
+            the layout Flax convolutions expect).
+        labels: ``(N,)`` int32 class ids in ``[0, num_classes)``.
+        num_classes: Number of classes, fixed by the data set rather than by the labels
+            present, so a subset with a missing class keeps the same output width.
+    """
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        # Shape and dtype checks are O(1); catching a loader bug here is cheaper than a
+        # confusing shape error deep inside a compiled round.
+        if self.images.ndim != 4:
+            raise ValueError(
+                f"images.shape={self.images.shape} must be (N, H, W, C) (4 dimensions)"
+            )
+        if self.images.dtype != np.float32:
+            raise ValueError(f"images.dtype={self.images.dtype} must be float32")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels.shape={self.labels.shape} must be ({self.images.shape[0]},), "
+                "one label per image"
+            )
+        if self.labels.dtype != np.int32:
+            raise ValueError(f"labels.dtype={self.labels.dtype} must be int32")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+
+
+def load_digits() -> Dataset:
+    """Loads scikit-learn's bundled 8x8 handwritten digits (no download needed).
+
+    Returns:
+        A ``Dataset`` named ``"digits"`` with images ``(1797, 8, 8, 1)`` float32 in
+        ``[0, 1]`` (the raw 0..16 intensities divided by 16) and 10 classes.
+    """
+    # Imported lazily so that importing the package does not pay for scikit-learn when
+    # another source is used.
+    from sklearn import datasets
+
+    bunch = datasets.load_digits()
+    images = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[..., None]
+    labels = np.asarray(bunch.target, dtype=np.int32)
+    return Dataset(name="digits", images=images, labels=labels, num_classes=10)
+
+
+# A dict rather than an if-chain so that later sources (e.g. "tfds:<name>", local
+# files) are one entry each.
+_LOADERS: dict[str, Callable[[], Dataset]] = {
+    "digits": load_digits,
+}
+
+
+def load_dataset(name: str) -> Dataset:
+    """Loads a data set by its registry name.
+
+    Args:
+        name: One of the registered names (currently only ``"digits"``).
+
+    Returns:
+        The loaded ``Dataset``.
+
+    Raises:
+        ValueError: If ``name`` is not registered.
+    """
+    loader = _LOADERS.get(name)
+    if loader is None:
+        allowed = ", ".join(sorted(_LOADERS))
+        raise ValueError(f"dataset={name!r} is not known; allowed: {allowed}")
+    return loader()

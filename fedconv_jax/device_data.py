@@ -1,0 +1,69 @@
+"""Host split -> device-resident `RoundData` (uploaded once; clients become index lists)."""
+
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from fedconv_jax.data import Dataset, FederatedSplit, pad_index_lists
+from fedconv_jax.round import RoundData
+from fedconv_jax.tuning import IndexSet
+
+
+def group_tiers(shrink_ratios: Sequence[float]) -> tuple[tuple[float, ...], tuple[tuple[int, ...], ...]]:
+    """Distinct SRs in descending order, and the client ids of each tier."""
+    ratios = tuple(sorted({float(r) for r in shrink_ratios}, reverse=True))
+    members = tuple(tuple(i for i, r in enumerate(shrink_ratios) if float(r) == ratio) for ratio in ratios)
+    return ratios, members
+
+
+def split_holdout(indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Splits the server tuning set D into (tuning part, held-out part for model selection)."""
+    order = np.random.default_rng([seed, 1]).permutation(indices)
+    n_holdout = min(max(1, math.ceil(fraction * len(order))), len(order) - 1)
+    return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
+
+
+def _index_set(indices: np.ndarray, multiple: int) -> IndexSet:
+    idx, mask = pad_index_lists([indices], multiple=multiple)
+    return IndexSet(jnp.asarray(idx[0]), jnp.asarray(mask[0]))
+
+
+def make_round_data(
+    dataset: Dataset,
+    split: FederatedSplit,
+    tier_members: Sequence[Sequence[int]],
+    *,
+    batch_size: int,
+    holdout_fraction: float,
+    seed: int,
+) -> RoundData:
+    """Uploads the data set once and turns every party's indices into padded index lists.
+
+    All client training lists share one capacity (the largest client, rounded up to a whole
+    batch) so that every tier's local training has the same number of steps.
+    """
+    tune_idx, holdout_idx = split_holdout(split.server_train, holdout_fraction, seed)
+    train_cap = max(len(x) for x in split.client_train)
+    train_cap = -(-train_cap // batch_size) * batch_size
+    test_cap = max(1, max(len(x) for x in split.client_test))
+    client_train, client_test, client_mask, num_samples = [], [], [], []
+    for members in tier_members:
+        idx, mask = pad_index_lists([split.client_train[i] for i in members], capacity=train_cap)
+        client_train.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
+        idx, mask = pad_index_lists([split.client_test[i] for i in members], capacity=test_cap)
+        client_test.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
+        client_mask.append(jnp.ones(len(members), bool))
+        num_samples.append(jnp.asarray([len(split.client_train[i]) for i in members], jnp.float32))
+    return RoundData(
+        images=jnp.asarray(dataset.images),
+        labels=jnp.asarray(dataset.labels),
+        server_train=_index_set(tune_idx, batch_size),
+        server_holdout=_index_set(holdout_idx, 1),
+        server_test=_index_set(split.server_test, 1),
+        client_train=tuple(client_train),
+        client_test=tuple(client_test),
+        client_mask=tuple(client_mask),
+        num_samples=tuple(num_samples),
+    )

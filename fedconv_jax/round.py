@@ -1,0 +1,400 @@
+"""One FedConv round (SPEC §2) as one jitted program.
+
+Phases, in order: server pre-training (round 1 by default), compression tuning per SR tier,
+client training (vmapped or `lax.map`ped within each tier), dilation tuning (vmapped over each
+tier's clients), aggregation tuning, evaluation. Tiers are unrolled at trace time: clients of
+one SR share shapes, and each tier has a fixed capacity with a client mask, so rounds never
+recompile. Every phase is a pure function of (state, data, previous outputs); `make_phases`
+exposes them one by one so that a phase-separated run can time them.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedconv_jax.aggregation import (
+    aggregate,
+    init_aggregation_weights,
+    kld_term,
+    weighted_average,
+)
+from fedconv_jax.client import local_train
+from fedconv_jax.compression import compress, compress_batch_stats, init_compression_filters
+from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
+from fedconv_jax.filters import FilterConfig
+from fedconv_jax.models import ModelSpec
+from fedconv_jax.tuning import (
+    IndexSet,
+    TuningConfig,
+    evaluate,
+    make_optimizer,
+    refresh_batch_stats,
+    tune,
+)
+from fedconv_jax.types import Metrics, Params, PRNGKey, Variables
+
+AGGREGATIONS = ("learned", "mean")
+CLIENT_PARALLELISM = ("vmap", "map")
+PHASES = ("pretrain", "compress", "clients", "dilate", "aggregate", "evaluate")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundConfig:
+    """Everything static about a round (hashable; changing it means a new program).
+
+    Attributes:
+      model: the model family; tier models are `model.build(ratio)`.
+      tier_ratios: the SR of each tier, e.g. (1.0, 0.75, 0.5).
+      tier_capacity: client slots per tier.
+      filters: the compression/dilation filter module.
+      pretrain, compress, dilate, aggregate: the four server tuning loops.
+      pretrain_every_round: pre-train on D every round (reference code) instead of round 1.
+      local_epochs, local_batch_size, local_lr: client training (Adam).
+      aggregation: "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging).
+      aggregation_granularity: "layer" or "element" learned weights.
+      aggregation_normalize: softmax-normalised weights (see aggregation.py) or raw Eq. 4.
+      kld_weight: lambda of Eq. 5.
+      keep_best_global: the next global model is whichever of (previous global, new
+        aggregate) has the lower cross-entropy on the held-out slice of D; guards small
+        server sets against the drift of repeated tuning (README, "Model selection").
+      client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
+      eval_chunk: examples per evaluation chunk (bounds activation memory).
+    """
+
+    model: ModelSpec
+    tier_ratios: tuple[float, ...]
+    tier_capacity: tuple[int, ...]
+    filters: FilterConfig = FilterConfig()
+    pretrain: TuningConfig = TuningConfig(epochs=5)
+    compress: TuningConfig = TuningConfig(epochs=20)
+    dilate: TuningConfig = TuningConfig(epochs=20)
+    aggregate: TuningConfig = TuningConfig(epochs=20)
+    pretrain_every_round: bool = False
+    local_epochs: int = 5
+    local_batch_size: int = 32
+    local_lr: float = 1e-3
+    aggregation: str = "learned"
+    aggregation_granularity: str = "layer"
+    aggregation_normalize: bool = True
+    kld_weight: float = 0.2
+    keep_best_global: bool = False
+    client_parallelism: str = "vmap"
+    client_chunk: int = 4
+    eval_chunk: int = 1024
+
+    @property
+    def num_clients(self) -> int:
+        return sum(self.tier_capacity)
+
+
+class RoundData(NamedTuple):
+    """Device-resident data: the whole data set once, every party as padded index lists.
+
+    Per-tier fields are tuples over tiers whose arrays lead with the tier's client axis.
+    """
+
+    images: jax.Array  # (N, H, W, C)
+    labels: jax.Array  # (N,)
+    server_train: IndexSet  # D minus the held-out slice: what tuning steps on
+    server_holdout: IndexSet  # held-out slice of D: model selection only
+    server_test: IndexSet  # global accuracy (reporting only)
+    client_train: tuple[IndexSet, ...]  # (capacity, n_train_pad) per tier
+    client_test: tuple[IndexSet, ...]  # (capacity, n_test_pad) per tier
+    client_mask: tuple[jax.Array, ...]  # (capacity,) bool: which slots take part
+    num_samples: tuple[jax.Array, ...]  # (capacity,) float32 training-set sizes n_j
+
+
+@struct.dataclass
+class ServerState:
+    """Everything a resumed run needs. Per-tier tuples hold {} for SR = 1 tiers."""
+
+    global_vars: Variables
+    compression: tuple[Params, ...]  # one filter set per tier
+    compression_opt: tuple[Any, ...]
+    dilation: tuple[Params, ...]  # per tier, stacked over the tier's client slots
+    dilation_opt: tuple[Any, ...]
+    agg_weights: Params  # stacked over all client slots, tier-major
+    agg_opt: Any
+    pretrain_opt: Any
+    round: jax.Array  # int32, 0-based index of the next round
+    key: PRNGKey
+
+
+def _sub_template(cfg: RoundConfig, ratio: float) -> Variables:
+    return jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), ratio))
+
+
+def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
+    """Global model, identity-initialised filters, unit aggregation weights, Adam states."""
+    k_model, k_comp, k_dil, k_round = jax.random.split(key, 4)
+    global_vars = cfg.model.init(k_model, 1.0)
+    params = global_vars["params"]
+    compression, compression_opt, dilation, dilation_opt = [], [], [], []
+    for t, (ratio, capacity) in enumerate(zip(cfg.tier_ratios, cfg.tier_capacity)):
+        if ratio == 1.0:
+            for store in (compression, compression_opt, dilation, dilation_opt):
+                store.append({})
+            continue
+        sub = _sub_template(cfg, ratio)["params"]
+        comp = init_compression_filters(jax.random.fold_in(k_comp, t), params, sub, cfg.filters)
+        dil_keys = jax.random.split(jax.random.fold_in(k_dil, t), capacity)
+        dil = jax.vmap(lambda k: init_dilation_filters(k, params, sub, cfg.filters))(dil_keys)
+        compression.append(comp)
+        compression_opt.append(make_optimizer(cfg.compress).init(comp))
+        dilation.append(dil)
+        dilation_opt.append(jax.vmap(make_optimizer(cfg.dilate).init)(dil))
+    agg_weights = init_aggregation_weights(
+        params, cfg.num_clients, cfg.aggregation_granularity, cfg.aggregation_normalize
+    )
+    return ServerState(
+        global_vars=global_vars,
+        compression=tuple(compression),
+        compression_opt=tuple(compression_opt),
+        dilation=tuple(dilation),
+        dilation_opt=tuple(dilation_opt),
+        agg_weights=agg_weights,
+        agg_opt=make_optimizer(cfg.aggregate).init(agg_weights),
+        pretrain_opt=make_optimizer(cfg.pretrain).init(params),
+        round=jnp.zeros((), jnp.int32),
+        key=k_round,
+    )
+
+
+def _phase_key(state: ServerState, phase: str) -> PRNGKey:
+    """Keys depend on (seed, round, phase) only, so fused and phase-separated runs agree."""
+    return jax.random.fold_in(jax.random.fold_in(state.key, state.round), PHASES.index(phase))
+
+
+def _map_clients(cfg: RoundConfig, fn: Callable, *xs):
+    if cfg.client_parallelism == "vmap":
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=cfg.client_chunk)
+
+
+def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:
+    """Per-client-slot select: absent clients keep their old filters / optimizer states."""
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
+    """The round's phases as pure functions (see `make_round_fn` for how they chain)."""
+    model = cfg.model
+
+    def apply_at(ratio):
+        return functools.partial(model.apply, ratio)
+
+    def logits_at(ratio, variables):
+        return lambda x: model.apply(ratio, variables, x)[0]
+
+    def pretrain(state: ServerState, data: RoundData) -> ServerState:
+        if cfg.pretrain.epochs == 0:
+            return state
+        gv = state.global_vars
+
+        def run(_):
+            result = tune(
+                lambda p, x: model.apply(1.0, {"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
+                gv["params"], state.pretrain_opt, data.images, data.labels,
+                data.server_train, data.server_holdout, _phase_key(state, "pretrain"), cfg.pretrain,
+            )
+            new_vars = refresh_batch_stats(
+                apply_at(1.0), {"params": result.params, "batch_stats": gv["batch_stats"]},
+                data.images, data.server_train, cfg.local_batch_size,
+            )
+            return new_vars, result.opt_state
+
+        if cfg.pretrain_every_round:
+            new_vars, opt = run(None)
+        else:
+            new_vars, opt = jax.lax.cond(
+                state.round == 0, run, lambda _: (gv, state.pretrain_opt), None
+            )
+        return state.replace(global_vars=new_vars, pretrain_opt=opt)
+
+    def compress_phase(state: ServerState, data: RoundData):
+        gv = state.global_vars
+        subs, filters, opts, metrics = [], [], [], {}
+        key = _phase_key(state, "compress")
+        for t, ratio in enumerate(cfg.tier_ratios):
+            if ratio == 1.0:
+                subs.append(gv)
+                filters.append({})
+                opts.append({})
+                continue
+            stats = compress_batch_stats(gv["batch_stats"], _sub_template(cfg, ratio)["batch_stats"])
+
+            def sub_logits(f, x, ratio=ratio, stats=stats):
+                sub = {"params": compress(gv["params"], f, cfg.filters), "batch_stats": stats}
+                return model.apply(ratio, sub, x)[0]
+
+            result = tune(
+                sub_logits, state.compression[t], state.compression_opt[t], data.images,
+                data.labels, data.server_train, data.server_holdout,
+                jax.random.fold_in(key, t), cfg.compress,
+            )
+            sub = {"params": compress(gv["params"], result.params, cfg.filters), "batch_stats": stats}
+            subs.append(sub)
+            filters.append(result.params)
+            opts.append(result.opt_state)
+            acc, _ = evaluate(logits_at(ratio, sub), data.images, data.labels, data.server_test, cfg.eval_chunk)
+            metrics[f"compress/{ratio:g}/holdout_accuracy"] = result.holdout_accuracy
+            metrics[f"compress/{ratio:g}/best_epoch"] = result.best_epoch
+            metrics[f"compress/{ratio:g}/test_accuracy"] = acc
+        state = state.replace(compression=tuple(filters), compression_opt=tuple(opts))
+        return state, tuple(subs), metrics
+
+    def clients_phase(state: ServerState, data: RoundData, subs: tuple[Variables, ...]):
+        key = _phase_key(state, "clients")
+        trained, accuracy, test_counts = [], [], []
+        for t, ratio in enumerate(cfg.tier_ratios):
+            keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
+
+            def one_client(train_set, test_set, k, ratio=ratio, sub=subs[t]):
+                out = local_train(
+                    apply_at(ratio), sub, data.images, data.labels, train_set, k,
+                    epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
+                )
+                acc, _ = evaluate(logits_at(ratio, out), data.images, data.labels, test_set, cfg.eval_chunk)
+                return out, acc
+
+            out, acc = _map_clients(cfg, one_client, data.client_train[t], data.client_test[t], keys)
+            trained.append(out)
+            accuracy.append(acc)
+            test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
+        metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts)}
+        return tuple(trained), metrics
+
+    def dilate_phase(state: ServerState, data: RoundData, trained: tuple[Variables, ...]):
+        gv = state.global_vars
+        key = _phase_key(state, "dilate")
+        dilated, filters, opts, metrics = [], [], [], {}
+        for t, ratio in enumerate(cfg.tier_ratios):
+            if ratio == 1.0:
+                dilated.append(trained[t])
+                filters.append({})
+                opts.append({})
+                continue
+            keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
+
+            def one_client(client_vars, f, opt, k):
+                stats = dilate_batch_stats(client_vars["batch_stats"], gv["batch_stats"])
+
+                def big_logits(filt, x):
+                    big = {"params": dilate(client_vars["params"], filt, cfg.filters), "batch_stats": stats}
+                    return model.apply(1.0, big, x)[0]
+
+                result = tune(
+                    big_logits, f, opt, data.images, data.labels, data.server_train,
+                    data.server_holdout, k, cfg.dilate,
+                )
+                big = {"params": dilate(client_vars["params"], result.params, cfg.filters), "batch_stats": stats}
+                return big, result.params, result.opt_state, result.holdout_accuracy
+
+            big, f, opt, acc = _map_clients(
+                cfg, one_client, trained[t], state.dilation[t], state.dilation_opt[t], keys
+            )
+            mask = data.client_mask[t]
+            dilated.append(big)
+            filters.append(_where_mask(mask, f, state.dilation[t]))
+            opts.append(_where_mask(mask, opt, state.dilation_opt[t]))
+            metrics[f"dilate/{ratio:g}/holdout_accuracy"] = acc
+        state = state.replace(dilation=tuple(filters), dilation_opt=tuple(opts))
+        return state, tuple(dilated), metrics
+
+    def aggregate_phase(state: ServerState, data: RoundData, dilated: tuple[Variables, ...]):
+        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *dilated)
+        n = jnp.concatenate(data.num_samples)
+        mask = jnp.concatenate(data.client_mask)
+        previous = state.global_vars
+        stats = weighted_average(stacked["batch_stats"], n, mask)
+        metrics = {}
+        if cfg.aggregation == "learned":
+
+            def agg_logits(v, x):
+                params = aggregate(stacked["params"], v, n, mask, cfg.aggregation_normalize)
+                return model.apply(1.0, {"params": params, "batch_stats": stats}, x)[0]
+
+            def kld(v):
+                return cfg.kld_weight * kld_term(previous["params"], aggregate(stacked["params"], v, n, mask, cfg.aggregation_normalize))
+
+            result = tune(
+                agg_logits, state.agg_weights, state.agg_opt, data.images, data.labels,
+                data.server_train, data.server_holdout, _phase_key(state, "aggregate"),
+                cfg.aggregate, regularizer=kld if cfg.kld_weight > 0 else None,
+            )
+            weights, agg_opt = result.params, result.opt_state
+            params = aggregate(stacked["params"], weights, n, mask, cfg.aggregation_normalize)
+            metrics["aggregate/holdout_accuracy"] = result.holdout_accuracy
+            metrics["aggregate/best_epoch"] = result.best_epoch
+        else:
+            weights, agg_opt = state.agg_weights, state.agg_opt
+            params = weighted_average(stacked["params"], n, mask)
+        new_vars = refresh_batch_stats(
+            apply_at(1.0), {"params": params, "batch_stats": stats},
+            data.images, data.server_train, cfg.local_batch_size,
+        )
+        if cfg.keep_best_global:
+            holdout = lambda v: evaluate(logits_at(1.0, v), data.images, data.labels, data.server_holdout)[1]
+            accept = holdout(new_vars) <= holdout(previous)
+            new_vars = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new_vars, previous)
+            metrics["aggregate/accepted"] = accept
+        return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), metrics
+
+    def evaluate_phase(state: ServerState, data: RoundData) -> Metrics:
+        acc, loss = evaluate(
+            logits_at(1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
+        )
+        return {"global_accuracy": acc, "global_loss": loss}
+
+    return {
+        "pretrain": pretrain,
+        "compress": compress_phase,
+        "clients": clients_phase,
+        "dilate": dilate_phase,
+        "aggregate": aggregate_phase,
+        "evaluate": evaluate_phase,
+    }
+
+
+def run_phases(phases: dict[str, Callable], state: ServerState, data: RoundData):
+    """Chains the phases into one round: (state, data) -> (next state, metrics)."""
+    state = phases["pretrain"](state, data)
+    state, subs, metrics = phases["compress"](state, data)
+    trained, client_metrics = phases["clients"](state, data, subs)
+    state, dilated, dilate_metrics = phases["dilate"](state, data, trained)
+    state, agg_metrics = phases["aggregate"](state, data, dilated)
+    eval_metrics = phases["evaluate"](state, data)
+    metrics = {**metrics, **client_metrics, **dilate_metrics, **agg_metrics, **eval_metrics}
+    return state.replace(round=state.round + 1), metrics
+
+
+def make_round_fn(cfg: RoundConfig) -> Callable[[ServerState, RoundData], tuple[ServerState, Metrics]]:
+    """The whole round as one pure function; jit it once (with the state donated)."""
+    phases = make_phases(cfg)
+    return functools.partial(run_phases, phases)
+
+
+def global_digest_bytes(state: ServerState) -> bytes:
+    """The global parameters' bytes in a fixed (tree-flatten) order, for sha256 digests."""
+    return b"".join(jax.device_get(x).tobytes() for x in jax.tree.leaves(state.global_vars["params"]))
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "CLIENT_PARALLELISM",
+    "PHASES",
+    "RoundConfig",
+    "RoundData",
+    "ServerState",
+    "init_server_state",
+    "make_phases",
+    "make_round_fn",
+    "run_phases",
+    "global_digest_bytes",
+]
+

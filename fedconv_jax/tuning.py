@@ -1,0 +1,200 @@
+"""Server-side tuning: optax over `lax.scan` of epochs x batches of device-resident data.
+
+One `tune` serves every learned step (pre-training, compression filters, dilation filters,
+aggregation weights): it minimises a masked batch loss over `trainable`, evaluates a held-out
+slice of the server tuning set after every epoch and returns the best epoch's parameters
+(epoch 0, the warm start, included). Repeated tuning on a small server set overfits, so
+this selection matters; it never looks at a test set.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedconv_jax.types import Params, PRNGKey
+
+# logits_fn(trainable, images) -> logits; regularizer(trainable) -> scalar added to the loss
+LogitsFn = Callable[[Params, jax.Array], jax.Array]
+Regularizer = Callable[[Params], jax.Array]
+
+
+class IndexSet(NamedTuple):
+    """A padded list of example indices into the device-resident data set."""
+
+    idx: jax.Array  # (n_pad,) int32
+    mask: jax.Array  # (n_pad,) bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """Static settings of one tuning loop.
+
+    Attributes:
+      epochs: passes over the tuning set (0 disables the loop).
+      batch_size: examples per step.
+      lr: Adam learning rate (lr_max of Eq. 2).
+      lr_min: lr_min of Eq. 2.
+      cosine_t_max: T_max of Eq. 2; 0 keeps the learning rate constant (reference code).
+      select_best: return the epoch with the lowest held-out loss instead of the last one.
+    """
+
+    epochs: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    cosine_t_max: int = 0
+    select_best: bool = True
+
+
+class TuneResult(NamedTuple):
+    params: Params
+    opt_state: optax.OptState
+    holdout_loss: jax.Array
+    holdout_accuracy: jax.Array
+    best_epoch: jax.Array  # 0 = the starting point was kept
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def make_optimizer(config: TuningConfig) -> optax.GradientTransformation:
+    """Adam whose learning rate `tune` sets per epoch (Eq. 2)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
+
+
+def epoch_learning_rate(config: TuningConfig, epoch: jax.Array) -> jax.Array:
+    """Eq. 2: lr_min + (lr_max - lr_min)(1 + cos(pi e / T_max)) / 2, e the 0-based epoch."""
+    if config.cosine_t_max <= 0:
+        return jnp.asarray(config.lr, jnp.float32)
+    cos = jnp.cos(jnp.pi * epoch / config.cosine_t_max)
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + cos)
+
+
+def shuffled_batches(key: PRNGKey, data: IndexSet, batch_size: int) -> IndexSet:
+    """A random order with the valid entries first, cut into (n_batches, batch_size)."""
+    n = data.idx.shape[0]
+    order = jnp.argsort(jnp.where(data.mask, jax.random.uniform(key, (n,)), 2.0))
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    idx = jnp.pad(data.idx[order], (0, pad)).reshape(n_batches, batch_size)
+    mask = jnp.pad(data.mask[order], (0, pad)).reshape(n_batches, batch_size)
+    return IndexSet(idx, mask)
+
+
+def evaluate(
+    logits_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    labels: jax.Array,
+    data: IndexSet,
+    chunk: int = 1024,
+) -> tuple[jax.Array, jax.Array]:
+    """(accuracy, mean cross-entropy) of `logits_fn` over the masked examples, in chunks."""
+    n = data.idx.shape[0]
+    chunk = max(1, min(chunk, n))
+    pad = -n % chunk
+    idx = jnp.pad(data.idx, (0, pad)).reshape(-1, chunk)
+    mask = jnp.pad(data.mask, (0, pad)).reshape(-1, chunk)
+
+    def one_chunk(args):
+        i, m = args
+        logits = logits_fn(images[i])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels[i])
+        hits = jnp.argmax(logits, -1) == labels[i]
+        return jnp.sum(jnp.where(m, hits, False)), jnp.sum(jnp.where(m, ce, 0.0))
+
+    hits, ce = jax.lax.map(one_chunk, (idx, mask))
+    count = jnp.maximum(jnp.sum(data.mask), 1)
+    return jnp.sum(hits) / count, jnp.sum(ce) / count
+
+
+def tune(
+    logits_fn: LogitsFn,
+    params: Params,
+    opt_state: optax.OptState,
+    images: jax.Array,
+    labels: jax.Array,
+    train: IndexSet,
+    holdout: IndexSet,
+    key: PRNGKey,
+    config: TuningConfig,
+    regularizer: Regularizer | None = None,
+) -> TuneResult:
+    """Minimises masked cross-entropy (+ regularizer) over `params` on `train`.
+
+    Selection uses the held-out cross-entropy alone: it is the quantity the step exists for.
+    """
+    optimizer = make_optimizer(config)
+
+    def holdout_metrics(p):
+        return evaluate(lambda x: logits_fn(p, x), images, labels, holdout)
+
+    def loss(p, i, m):
+        value = masked_cross_entropy(logits_fn(p, images[i]), labels[i], m)
+        return value if regularizer is None else value + regularizer(p)
+
+    def step(carry, batch):
+        p, s = carry
+        i, m = batch
+        grads = jax.grad(loss)(p, i, m)
+        updates, new_s = optimizer.update(grads, s, p)
+        new_p = optax.apply_updates(p, updates)
+        keep = jnp.any(m)  # an all-padding batch must not move Adam's moments or the params
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), (new_p, new_s), (p, s)), None
+
+    def epoch(carry, inputs):
+        p, s, best = carry
+        e, k = inputs
+        lr = epoch_learning_rate(config, e).astype(jnp.float32)
+        s = s._replace(hyperparams={**s.hyperparams, "learning_rate": lr})
+        (p, s), _ = jax.lax.scan(step, (p, s), shuffled_batches(k, train, config.batch_size))
+        acc, loss = holdout_metrics(p)
+        better = (loss < best[2]) | (not config.select_best)
+        candidate = (p, s, loss, acc, e + 1)
+        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), candidate, best)
+        return (p, s, best), None
+
+    acc0, loss0 = holdout_metrics(params)
+    best0 = (params, opt_state, loss0, acc0, jnp.int32(0))
+    if config.epochs == 0:
+        return TuneResult(*best0)
+    keys = jax.random.split(key, config.epochs)
+    (_, _, best), _ = jax.lax.scan(
+        epoch, (params, opt_state, best0), (jnp.arange(config.epochs), keys)
+    )
+    return TuneResult(*best)
+
+
+def refresh_batch_stats(
+    apply_fn: Callable,
+    variables: dict,
+    images: jax.Array,
+    data: IndexSet,
+    batch_size: int,
+) -> dict:
+    """Re-estimates BatchNorm running statistics with one train-mode pass over `data`.
+
+    Used after dilation and aggregation, where averaged or padded statistics no longer
+    describe the new parameters (SPEC §3: recompute on D). Parameters are not changed.
+    """
+    if not variables["batch_stats"]:
+        return variables
+    batches = IndexSet(*(x.reshape(-1, batch_size) for x in _pad_to(data, batch_size)))
+
+    def step(stats, batch):
+        idx, mask = batch
+        _, new_stats = apply_fn({"params": variables["params"], "batch_stats": stats}, images[idx], True)
+        return jax.tree.map(lambda a, b: jnp.where(jnp.any(mask), a, b), new_stats, stats), None
+
+    stats, _ = jax.lax.scan(step, variables["batch_stats"], batches)
+    return {"params": variables["params"], "batch_stats": stats}
+
+
+def _pad_to(data: IndexSet, multiple: int) -> IndexSet:
+    pad = -data.idx.shape[0] % multiple
+    return IndexSet(jnp.pad(data.idx, (0, pad)), jnp.pad(data.mask, (0, pad)))

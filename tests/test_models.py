@@ -1,0 +1,79 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedconv_jax.models import make_model, scaled_width
+
+
+def count(params):
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("ratio, expected", [(1.0, 20490), (0.75, 14506), (0.5, 9098), (0.25, 4266)])
+def test_parameter_counts_match_spec(mnist_model, ratio, expected):
+    assert count(mnist_model.init(jax.random.key(0), ratio)["params"]) == expected
+
+
+def test_scaled_width_is_robust_floor():
+    assert scaled_width(10, 0.3) == 3
+    assert scaled_width(32, 0.4) == 12
+    assert scaled_width(16, 0.05) == 0
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (9, 7, 3)])
+def test_any_input_size(shape):
+    model = make_model("cnn", 10, shape, "im2col")
+    variables = model.init(jax.random.key(0), 0.5)
+    logits, _ = model.apply(0.5, variables, jnp.ones((2, *shape)))
+    assert logits.shape == (2, 10)
+
+
+def test_im2col_equals_lax_conv():
+    x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
+    a, b = make_model("cnn", 10, (28, 28, 1), "im2col"), make_model("cnn", 10, (28, 28, 1), "lax")
+    variables = a.init(jax.random.key(0), 0.75)
+    np.testing.assert_allclose(a.apply(0.75, variables, x)[0], b.apply(0.75, variables, x)[0], atol=1e-4)
+
+
+def test_flatten_is_channel_major(mnist_model):
+    """Dense row d belongs to channel d // (H*W): zeroing channel 0's rows must remove
+    exactly channel 0's contribution."""
+    variables = mnist_model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    params = variables["params"]
+    head = params["head"]["kernel"]
+    cut = {**params, "head": {**params["head"], "kernel": head.at[49:].set(0.0)}}  # keep channel 0
+    only0 = mnist_model.apply(1.0, {**variables, "params": cut}, x)[0] - params["head"]["bias"]
+    # Recompute channel 0's contribution by hand from the features.
+    feats = jax.lax.stop_gradient(_features(mnist_model, variables, x))  # (N, 7, 7, 32)
+    manual = feats[..., 0].reshape(2, -1) @ head[:49]
+    np.testing.assert_allclose(only0, manual, atol=1e-4)
+
+
+def _features(model, variables, x):
+    from fedconv_jax.models.layers import im2col_conv, max_pool_2x2
+
+    p = variables["params"]
+    for name in ("conv_0", "conv_1"):
+        x = max_pool_2x2(jax.nn.relu(im2col_conv(x, p[name]["kernel"]) + p[name]["bias"]))
+    return x
+
+
+def test_batchnorm_variant_carries_state():
+    model = make_model("cnn_bn", 10, (8, 8, 1), "im2col")
+    variables = model.init(jax.random.key(0), 0.5)
+    assert jax.tree.map(jnp.shape, variables["batch_stats"]) == {
+        "bn_0": {"mean": (8,), "var": (8,)},
+        "bn_1": {"mean": (16,), "var": (16,)},
+    }
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1)) + 3.0
+    _, train_stats = model.apply(0.5, variables, x, train=True)
+    _, eval_stats = model.apply(0.5, variables, x, train=False)
+    assert not np.allclose(train_stats["bn_0"]["mean"], variables["batch_stats"]["bn_0"]["mean"])
+    np.testing.assert_array_equal(eval_stats["bn_0"]["mean"], variables["batch_stats"]["bn_0"]["mean"])
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="model='resnet' is not known"):
+        make_model("resnet", 10, (8, 8, 1))
