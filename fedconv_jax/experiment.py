@@ -84,10 +84,10 @@ def run_experiment(
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Runs `config.rounds` rounds, writing workdir/metrics.jsonl; returns the rows."""
+    exp = build_experiment(config)  # data-level refusals happen before anything is written
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
-    exp = build_experiment(config)
     counter = CompileCounter()
     round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
 
