@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     # --- aggregation (SPEC §4)
     c.aggregation = "learned"  # "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging)
     c.aggregation_granularity = "layer"  # learned weights per "layer" (tensor) or per "element"
+    c.aggregation_normalize = True  # softmax-normalised weights (True) or raw Eq. 4 (False)
     c.kld_weight = 0.2  # lambda of Eq. 5 (KL between previous global and the aggregate)
     # --- execution
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
@@ -155,7 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "aggregation_granularity", GRANULARITIES)
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
-    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing"):
+    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize"):
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)
@@ -222,6 +223,7 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
         local_lr=config.local_lr,
         aggregation=config.aggregation,
         aggregation_granularity=config.aggregation_granularity,
+        aggregation_normalize=config.aggregation_normalize,
         kld_weight=config.kld_weight,
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,

@@ -198,7 +198,7 @@ def init_filter(
 
     # Identity: pre-projection contributes nothing (residual) or is the identity, kernel = delta.
     if config.pre_projection == "affine":
-        pre = {"a": jnp.full((taps,), 0.0 if residual else 1.0), "b": jnp.zeros((taps,))}
+        pre = {"a": jnp.full((taps,), 0.0 if residual else 1.0, jnp.float32), "b": jnp.zeros((taps,))}
     elif residual:  # second 1x1 conv zero: output 0, the first layer still gets gradients later
         pre = {
             "w1": _uniform(keys[0], (taps, hidden), 1.0),
@@ -216,7 +216,7 @@ def init_filter(
         }
     v = jnp.zeros((taps, k1, k2)).at[:, 0, 0].set(1.0)
     gain = 1.0 / MLR_POSITIVE if config.mlr else 1.0  # MLR then leaves the positive part intact
-    return {"pre": pre, "v": v, "g": jnp.full((taps,), gain)}
+    return {"pre": pre, "v": v, "g": jnp.full((taps,), gain, jnp.float32)}
 
 
 def _has_residual(ndim: int, config: FilterConfig) -> bool:

@@ -1,0 +1,90 @@
+"""The command line as a new user meets it: the smoke run, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedconv_jax.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.py")
+
+
+def test_smoke_config_learns_and_compiles_once(tmp_path):
+    workdir = tmp_path / "smoke"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedconv_jax.cli", "run", "--config", SMOKE, "--workdir", str(workdir), "--quiet"],
+        capture_output=True, text=True, timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == list(range(1, 31))
+    for row in rows:
+        assert row["compiles"] == 1
+        assert row["algorithm"] == "fedconv"
+        assert set(row["tier_accuracy"]) == {"1", "0.75", "0.5"}
+        assert set(row["phase_seconds"]) == {"pretrain", "compress", "clients", "dilate", "aggregate", "evaluate"}
+        assert len(row["global_params_digest"]) == 64
+        assert 0.0 <= row["global_accuracy"] <= 1.0
+    assert rows[-1]["global_accuracy"] >= 0.85
+    assert rows[-1]["client_accuracy"] >= 0.7
+    assert len({r["global_params_digest"] for r in rows}) == 30
+
+
+BAD = [
+    ("shrink_ratios", "(1.0, 1.0, 1.0, 0.75, 0.75, 0.75, 0.75, 0.5, 0.5, 0.0)", "every SR in (0, 1]"),
+    ("shrink_ratios", "(1.5, 1.0, 1.0, 0.75, 0.75, 0.75, 0.75, 0.5, 0.5, 0.5)", "every SR in (0, 1]"),
+    ("shrink_ratios", "(1.0, 1.0, 1.0, 0.75, 0.75, 0.75, 0.75, 0.5, 0.5, 0.05)", "zero-width"),
+    ("shrink_ratios", "(1.0, 0.5)", "one SR per client"),
+    ("alpha", "0", "(0.0, inf)"),
+    ("alpha", "-1.5", "(0.0, inf)"),
+    ("rounds", "two", "type int"),
+    ("no_such_field", "1", "not a config field"),
+    ("model", "resnet", "one of cnn, cnn_bn"),
+    ("filter_init", "zeros", "one of identity, random"),
+]
+
+
+@pytest.mark.parametrize("field, value, allowed", BAD)
+def test_bad_config_values_exit_2_with_one_line(tmp_path, capsys, field, value, allowed):
+    workdir = tmp_path / "out"
+    code = main(["run", "--config", SMOKE, "--workdir", str(workdir), f"--config.{field}={value}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert f"config.{field}=" in err and allowed in err
+    assert not workdir.exists()
+
+
+def test_more_clients_than_samples_is_refused(tmp_path, capsys):
+    config = tmp_path / "many.py"
+    config.write_text(
+        "from fedconv_jax.config import default_config\n"
+        "def get_config():\n"
+        "    c = default_config()\n"
+        "    c.num_clients = 2000\n"
+        "    c.shrink_ratios = (1.0,) * 2000\n"
+        "    return c\n"
+    )
+    code = main(["run", "--config", str(config), "--workdir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "num_clients=2000" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedconv_jax.cli", "run", "--config", SMOKE, "--workdir", str(tmp_path / "o"), "--config.alpha=0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("fedconv-jax: error: config.alpha=0")
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "o")]) == 2
+    assert "config.config=" in capsys.readouterr().err
