@@ -20,6 +20,7 @@ from fedconv_jax.tuning import TuningConfig
 
 ALGORITHMS = ("fedconv",)
 DATASETS = ("digits",)
+CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
 
 
 class ConfigError(ValueError):
@@ -147,8 +148,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "algorithm", ALGORITHMS)
     _choice(config, "dataset", DATASETS)
     _choice(config, "model", MODELS)
-    for field in ("filter_init",):
-        _choice(config, field, FILTER_INITS)
+    _choice(config, "filter_init", FILTER_INITS)
     _choice(config, "pre_projection", PRE_PROJECTIONS)
     _choice(config, "residual", RESIDUALS)
     _choice(config, "filter_impl", FILTER_IMPLS)
@@ -179,15 +179,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for ratio in ratios:
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
             raise ConfigError("shrink_ratios", ratio, "every SR in (0, 1]")
-        narrowest = min(_model_widths(config.model))
+        narrowest = min(CNN_WIDTHS)
         if scaled_width(narrowest, ratio) < 1:
             raise ConfigError(
                 "shrink_ratios", ratio, f"an SR whose sub-model has no zero-width layer (>= {1 / narrowest:g})"
             )
-
-
-def _model_widths(model: str) -> tuple[int, ...]:
-    return (16, 32)  # the CNN's conv widths; the class outputs are never scaled
 
 
 def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape) -> RoundConfig:

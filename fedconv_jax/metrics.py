@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fedconv_jax.round import PHASES, ServerState
+from fedconv_jax.round import ServerState
 
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -113,4 +113,4 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-__all__ = ["CompileCounter", "MetricsWriter", "PHASES", "params_digest", "round_row"]
+__all__ = ["CompileCounter", "MetricsWriter", "params_digest", "round_row"]

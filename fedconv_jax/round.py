@@ -379,11 +379,6 @@ def make_round_fn(cfg: RoundConfig) -> Callable[[ServerState, RoundData], tuple[
     return functools.partial(run_phases, phases)
 
 
-def global_digest_bytes(state: ServerState) -> bytes:
-    """The global parameters' bytes in a fixed (tree-flatten) order, for sha256 digests."""
-    return b"".join(jax.device_get(x).tobytes() for x in jax.tree.leaves(state.global_vars["params"]))
-
-
 __all__ = [
     "AGGREGATIONS",
     "CLIENT_PARALLELISM",
@@ -395,6 +390,5 @@ __all__ = [
     "make_phases",
     "make_round_fn",
     "run_phases",
-    "global_digest_bytes",
 ]
 

@@ -6,7 +6,7 @@ import pytest
 from fedconv_jax.client import local_train
 from fedconv_jax.data import load_digits
 from fedconv_jax.models import make_model
-from fedconv_jax.tuning import IndexSet, TuningConfig, epoch_learning_rate, evaluate, tune
+from fedconv_jax.tuning import IndexSet, TuningConfig, epoch_learning_rate, evaluate, make_optimizer, tune
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def linear_logits(p, x):
 def test_tune_learns_and_selection_uses_the_holdout(digits):
     images, labels = digits
     params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
-    opt = __import__("fedconv_jax.tuning", fromlist=["make_optimizer"]).make_optimizer(TuningConfig(epochs=3)).init(params)
+    opt = make_optimizer(TuningConfig(epochs=3)).init(params)
     train, holdout, test = index_set(np.arange(0, 600)), index_set(np.arange(600, 800)), index_set(np.arange(800, 1797))
     result = jax.jit(lambda p, o: tune(linear_logits, p, o, images, labels, train, holdout, jax.random.key(0), TuningConfig(epochs=3, lr=1e-2)))(params, opt)
     acc, _ = evaluate(lambda x: linear_logits(result.params, x), images, labels, test)
