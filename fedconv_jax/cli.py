@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--config.<field>=<value> ...]"
+DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
+       fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
+       fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -31,14 +34,22 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _load_config(path, overrides):
+    """The validated config, or raises ConfigError (one line)."""
+    from fedconv_jax.config import apply_overrides, load_config, validate
+
+    config = load_config(path)
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
 def _run(args, overrides) -> int:
     # Heavy imports only after the arguments parse, so `--help` and usage errors are instant.
-    from fedconv_jax.config import ConfigError, apply_overrides, load_config, validate
+    from fedconv_jax.config import ConfigError
 
     try:
-        config = load_config(args.config)
-        apply_overrides(config, overrides)
-        validate(config)
+        config = _load_config(args.config, overrides)
     except ConfigError as err:
         return _fail(str(err))
 
@@ -57,6 +68,68 @@ def _run(args, overrides) -> int:
     return 0
 
 
+def _data_import(args) -> int:
+    from fedconv_jax.data.importers import ImportFileError, import_dataset
+
+    if not args.name.replace("_", "").isalnum():
+        return _fail(f"data import NAME={args.name!r} is not allowed: letters, digits and _ only")
+    try:
+        path = import_dataset(args.name, args.source, args.data_dir, args.num_classes)
+    except ImportFileError as err:
+        return _fail(str(err))
+    print(f"imported {args.name} -> {path}; use --config.dataset=tfds:{args.name}"
+          + (f" --config.data_dir={args.data_dir}" if args.data_dir else ""))
+    return 0
+
+
+def _data_prepare(args) -> int:
+    from fedconv_jax.data.tfds_source import resolve_data_dir
+
+    try:
+        import tensorflow  # noqa: F401  (TFDS's download builders need it)
+    except ImportError:
+        return _fail(
+            "data prepare needs TensorFlow: pip install -e '.[tfds-prepare]' (or use "
+            f"`fedconv-jax data import {args.name} --from PATH` for local files)"
+        )
+    import tensorflow_datasets as tfds
+
+    data_dir = resolve_data_dir(args.data_dir)
+    try:
+        builder = tfds.builder(args.name, data_dir=str(data_dir), file_format="array_record")
+        builder.download_and_prepare()
+    except Exception as err:  # noqa: BLE001  (network and TFDS errors alike end in one line)
+        return _fail(f"data prepare {args.name} failed: {type(err).__name__}: {str(err).splitlines()[0]}")
+    print(f"prepared {args.name} -> {builder.data_dir}; use --config.dataset=tfds:{args.name}")
+    return 0
+
+
+def _data_describe(args, overrides) -> int:
+    from fedconv_jax.config import ConfigError
+
+    try:
+        config = _load_config(args.config, overrides)
+    except ConfigError as err:
+        return _fail(str(err))
+    from fedconv_jax.data import load_dataset, partition_summary, split_federated
+    from fedconv_jax.data.describe import save_heatmap, summary_table
+
+    try:
+        dataset = load_dataset(config.dataset, config.data_dir or None)
+        split = split_federated(
+            dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions),
+            partition=config.partition, shards_per_client=config.shards_per_client,
+        )
+    except ValueError as err:
+        return _fail(str(err))
+    print(summary_table(dataset, split, tuple(config.shrink_ratios)))
+    how = f"alpha={config.alpha:g}" if config.partition == "dirichlet" else f"shards_per_client={config.shards_per_client}"
+    title = f"{dataset.name}: {config.num_clients} clients, {config.partition} ({how}), seed {config.seed}"
+    path = save_heatmap(partition_summary(split, dataset.labels, dataset.num_classes), args.out, title)
+    print(f"heat map -> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="fedconv-jax", description="FedConv in JAX.", usage=USAGE)
@@ -65,11 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="path to a configs/<name>.py file")
     run.add_argument("--workdir", required=True, help="output directory (metrics.jsonl)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    data = sub.add_parser("data", help="import, prepare or describe data sets", usage=DATA_USAGE)
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")
+    imp.add_argument("name", help="data set name, e.g. mnist (then --config.dataset=tfds:mnist)")
+    imp.add_argument("--from", dest="source", required=True,
+                     help="mnist.pkl.gz, a directory of MNIST IDX files, or an .npz with x_train, y_train, x_test, y_test")
+    imp.add_argument("--data-dir", default=None, help="default: $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets")
+    imp.add_argument("--num-classes", type=int, default=None, help="default: largest label + 1")
+    prep = data_sub.add_parser("prepare", help="download and prepare an official TFDS set (TensorFlow + internet)")
+    prep.add_argument("name")
+    prep.add_argument("--data-dir", default=None)
+    desc = data_sub.add_parser("describe", help="print and plot a config's client partition")
+    desc.add_argument("--config", required=True)
+    desc.add_argument("--out", default="partition.png", help="PNG heat map (clients x classes)")
     rest, overrides = _split_overrides(argv)
     args = parser.parse_args(rest)
     if args.command == "run":
         return _run(args, overrides)
-    return _fail(f"unknown command {args.command!r}")
+    if args.data_command == "import":
+        return _data_import(args)
+    if args.data_command == "prepare":
+        return _data_prepare(args)
+    return _data_describe(args, overrides)
 
 
 if __name__ == "__main__":

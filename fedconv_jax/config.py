@@ -13,13 +13,19 @@ from pathlib import Path
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
-from fedconv_jax.filters import FILTER_IMPLS, FILTER_INITS, PRE_PROJECTIONS, RESIDUALS, FilterConfig
+from fedconv_jax.data import PARTITIONS, is_dataset_name
+from fedconv_jax.filters import (
+    FILTER_IMPLS,
+    FILTER_INITS,
+    PRE_PROJECTIONS,
+    RESIDUALS,
+    FilterConfig,
+)
 from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
 from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
 from fedconv_jax.tuning import TuningConfig
 
 ALGORITHMS = ("fedconv",)
-DATASETS = ("digits",)
 CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
 
 
@@ -35,14 +41,17 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # --- what to run
     c.algorithm = "fedconv"  # federated algorithm; "fedconv" (baselines come with a later issue)
-    c.dataset = "digits"  # data source; "digits" = scikit-learn's bundled 8x8 digits (no download)
+    c.dataset = "digits"  # "digits" (scikit-learn's bundled 8x8 digits) or "tfds:<name>" (prepared/imported)
+    c.data_dir = ""  # TFDS data dir; "" = $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets
     c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN) or "cnn_bn" (the same with BatchNorm)
     c.seed = 0  # one seed for data split, init and every random draw
     c.rounds = 100  # communication rounds
     # --- clients and data split (SPEC §6)
     c.num_clients = 20  # number of clients
     c.shrink_ratios = (1.0,) * 4 + (0.75,) * 8 + (0.5,) * 4 + (0.25,) * 4  # SR of every client
+    c.partition = "dirichlet"  # client label split: "dirichlet" (alpha), "iid" or "shards"
     c.alpha = 1.0  # Dirichlet concentration of the client label split (> 0; 1e4 ~ IID)
+    c.shards_per_client = 2  # classes per client when partition="shards"
     c.split_fractions = (0.05, 0.20, 0.70, 0.05)  # server tuning D, server test, client train, client test
     c.holdout_fraction = 0.25  # share of D held out for model selection (never trained on)
     # --- client training
@@ -146,7 +155,11 @@ def _number(config, field, low, high, low_open=False, high_open=False):
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every field before anything compiles; raises ConfigError on the first bad one."""
     _choice(config, "algorithm", ALGORITHMS)
-    _choice(config, "dataset", DATASETS)
+    if not isinstance(config.dataset, str) or not is_dataset_name(config.dataset):
+        raise ConfigError("dataset", config.dataset, "digits or tfds:<name> (e.g. tfds:mnist)")
+    if not isinstance(config.data_dir, str):
+        raise ConfigError("data_dir", config.data_dir, "a directory path (\"\" for the default)")
+    _choice(config, "partition", PARTITIONS)
     _choice(config, "model", MODELS)
     _choice(config, "filter_init", FILTER_INITS)
     _choice(config, "pre_projection", PRE_PROJECTIONS)
@@ -160,7 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)
-    for field in ("rounds", "num_clients", "local_epochs", "batch_size", "client_chunk", "eval_chunk"):
+    for field in ("rounds", "num_clients", "local_epochs", "batch_size", "client_chunk", "eval_chunk", "shards_per_client"):
         _positive_int(config, field)
     for field in ("pretrain_epochs", "compress_epochs", "dilate_epochs", "aggregate_epochs", "cosine_t_max"):
         _positive_int(config, field, minimum=0)

@@ -41,21 +41,21 @@ def make_round_data(
 ) -> RoundData:
     """Uploads the data set once and turns every party's indices into padded index lists.
 
-    All client training lists share one capacity (the largest client, rounded up to a whole
-    batch) so that every tier's local training has the same number of steps.
+    Each tier's lists are padded to that tier's capacity: its largest client, rounded up to
+    a whole batch for training. Capacities are fixed for the run, so the round compiles once;
+    padded slots are masked out of every loss and count.
     """
     tune_idx, holdout_idx = split_holdout(split.server_train, holdout_fraction, seed)
-    train_cap = max(len(x) for x in split.client_train)
-    train_cap = -(-train_cap // batch_size) * batch_size
-    test_cap = max(1, max(len(x) for x in split.client_test))
     client_train, client_test, client_mask, num_samples = [], [], [], []
     for members in tier_members:
-        idx, mask = pad_index_lists([split.client_train[i] for i in members], capacity=train_cap)
+        train = [split.client_train[i] for i in members]
+        test = [split.client_test[i] for i in members]
+        idx, mask = pad_index_lists(train, multiple=batch_size)
         client_train.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
-        idx, mask = pad_index_lists([split.client_test[i] for i in members], capacity=test_cap)
+        idx, mask = pad_index_lists(test, capacity=max(1, max(map(len, test))))
         client_test.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
         client_mask.append(jnp.ones(len(members), bool))
-        num_samples.append(jnp.asarray([len(split.client_train[i]) for i in members], jnp.float32))
+        num_samples.append(jnp.asarray([len(x) for x in train], jnp.float32))
     return RoundData(
         images=jnp.asarray(dataset.images),
         labels=jnp.asarray(dataset.labels),

@@ -37,9 +37,10 @@ class Experiment:
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Loads and splits the data, uploads it once, and initialises the server state."""
-    dataset = load_dataset(config.dataset)
+    dataset = load_dataset(config.dataset, config.data_dir or None)
     split = split_federated(
-        dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions)
+        dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions),
+        partition=config.partition, shards_per_client=config.shards_per_client,
     )
     ratios, members = group_tiers(config.shrink_ratios)
     round_config = make_round_config(

@@ -45,6 +45,10 @@ BAD = [
     ("no_such_field", "1", "not a config field"),
     ("model", "resnet", "one of cnn, cnn_bn"),
     ("filter_init", "zeros", "one of identity, random"),
+    ("dataset", "mnist", "digits or tfds:<name>"),
+    ("dataset", "tfds:", "digits or tfds:<name>"),
+    ("partition", "pathological", "one of dirichlet, iid, shards"),
+    ("shards_per_client", "0", "an integer >= 1"),
 ]
 
 

@@ -71,9 +71,11 @@ def test_load_dataset_digits_matches_load_digits(digits):
 
 def test_load_dataset_unknown_name_lists_allowed():
     with pytest.raises(
-        ValueError, match=r"^dataset='xyz' is not known; allowed: digits$"
+        ValueError, match=r"^dataset='xyz' is not known; allowed: digits, tfds:<name>$"
     ):
         load_dataset("xyz")
+    with pytest.raises(ValueError, match="not known"):
+        load_dataset("tfds:../etc")
 
 
 # --- split_federated: structure ------------------------------------------------------
@@ -331,3 +333,53 @@ def test_partition_summary_rows_are_client_class_counts(digits):
     for k, p in enumerate(split.client_train):
         for c in range(10):
             assert summary[k, c] == int(np.sum(labels[p] == c))
+
+
+# --- split_federated: IID and shards partitions --------------------------------------
+
+
+@pytest.mark.parametrize("partition", ["iid", "shards"])
+def test_other_partitions_are_disjoint_seeded_and_cover_the_pool(digits, partition):
+    a = split_federated(digits.labels, 10, 1.0, seed=3, partition=partition, shards_per_client=3)
+    b = split_federated(digits.labels, 10, 1.0, seed=3, partition=partition, shards_per_client=3)
+    assert _splits_equal(a, b)
+    parts = _all_parts(a)
+    joined = np.concatenate(parts)
+    assert joined.size == np.unique(joined).size == digits.labels.size
+    # Server sets do not depend on the partition (same seed, same D and test set).
+    dirichlet = split_federated(digits.labels, 10, 1.0, seed=3)
+    np.testing.assert_array_equal(a.server_train, dirichlet.server_train)
+    np.testing.assert_array_equal(a.server_test, dirichlet.server_test)
+
+
+def test_iid_partition_gives_every_client_an_equal_share_of_every_class(digits):
+    split = split_federated(digits.labels, 10, 1.0, seed=0, partition="iid")
+    counts = partition_summary(split, digits.labels, 10)
+    pool = counts.sum(0)
+    # Each class is cut into 10 equal runs: every count within 1 of n_c / 10.
+    assert np.all(np.abs(counts - pool[None, :] / 10) <= 1)
+
+
+def test_shards_give_each_client_exactly_k_classes(digits):
+    for k in (1, 2, 5):
+        split = split_federated(digits.labels, 10, 1.0, seed=0, partition="shards", shards_per_client=k)
+        counts = partition_summary(split, digits.labels, 10)
+        assert ((counts > 0).sum(1) == k).all(), k
+        assert ((counts > 0).sum(0) >= 1).all()  # every class is held by someone
+        test_counts = np.stack([np.bincount(digits.labels[p], minlength=10) for p in split.client_test])
+        assert np.all(test_counts[counts == 0] == 0)  # test splits follow the train classes
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(partition="shards", shards_per_client=11), r"shards_per_client=11 .* \[1, 10\]"),
+        (dict(partition="shards", shards_per_client=0), "shards_per_client=0"),
+        (dict(partition="shards", shards_per_client=1, num_clients=5), "belong to no client"),
+        (dict(partition="rows"), "partition='rows' is not known"),
+    ],
+)
+def test_bad_partition_arguments_are_refused(digits, kwargs, message):
+    kwargs = {"num_clients": 10, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        split_federated(digits.labels, kwargs.pop("num_clients"), 1.0, seed=0, **kwargs)

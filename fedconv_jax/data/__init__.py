@@ -1,16 +1,19 @@
 """Data sources and the federated split (host-side NumPy; no JAX here)."""
 
 from fedconv_jax.data.partition import (
+    PARTITIONS,
     FederatedSplit,
     pad_index_lists,
     partition_summary,
     split_federated,
 )
-from fedconv_jax.data.sources import Dataset, load_dataset, load_digits
+from fedconv_jax.data.sources import Dataset, is_dataset_name, load_dataset, load_digits
 
 __all__ = [
+    "PARTITIONS",
     "Dataset",
     "FederatedSplit",
+    "is_dataset_name",
     "load_dataset",
     "load_digits",
     "pad_index_lists",

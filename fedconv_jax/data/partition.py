@@ -186,6 +186,43 @@ def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return perm[np.argsort(keys, kind="stable")]
 
 
+PARTITIONS = ("dirichlet", "iid", "shards")
+
+
+def iid_proportions(num_classes: int, num_clients: int) -> np.ndarray:
+    """Every client gets an equal share of every class (the pool order is already random)."""
+    _check_num_clients(num_clients)
+    return np.full((num_classes, num_clients), 1.0 / num_clients)
+
+
+def shard_proportions(
+    num_classes: int, num_clients: int, classes_per_client: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Each client holds exactly `classes_per_client` classes, each class shared equally.
+
+    Client j takes classes perm[(j k + i) mod C], i < k, for one random class permutation:
+    every class is then held by floor or ceil of (clients * k / C) clients.
+
+    Raises:
+        ValueError: If k is outside [1, num_classes] or clients * k < num_classes (a class
+            nobody holds would be dropped from the client pool).
+    """
+    _check_num_clients(num_clients)
+    k = classes_per_client
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"shards_per_client={k} is not allowed: an integer in [1, {num_classes}] (classes)")
+    if num_clients * k < num_classes:
+        raise ValueError(
+            f"num_clients={num_clients} x shards_per_client={k} < {num_classes} classes: "
+            "some class would belong to no client; allowed: num_clients * shards_per_client >= num_classes"
+        )
+    perm = rng.permutation(num_classes)
+    held = np.zeros((num_classes, num_clients))
+    for j in range(num_clients):
+        held[perm[(j * k + np.arange(k)) % num_classes], j] = 1.0
+    return held / held.sum(axis=1, keepdims=True)
+
+
 def split_federated(
     labels: np.ndarray,
     num_clients: int,
@@ -193,41 +230,49 @@ def split_federated(
     seed: int,
     fractions: Sequence[float] = (0.05, 0.20, 0.70, 0.05),
     max_redraws: int = 100,
+    partition: str = "dirichlet",
+    shards_per_client: int = 2,
 ) -> FederatedSplit:
     """Splits a data set for federated learning as in SPEC §6.
 
     The server tuning set D, the server test set, the client-train pool and the
     client-test pool are consecutive slices of one class-stratified random order
-    (sizes by largest-remainder rounding of ``fractions``). One Dirichlet matrix
-    ``p[class, client]`` then splits the class-c part of the train pool *and* of the
-    test pool, so each client's test split has its train split's class mix.
+    (sizes by largest-remainder rounding of ``fractions``). One class-by-client
+    proportion matrix ``p[class, client]`` then splits the class-c part of the train
+    pool *and* of the test pool, so each client's test split has its train split's
+    class mix. The partitioner picks ``p``: per-class Dirichlet(alpha) ("dirichlet"),
+    equal shares ("iid"), or ``shards_per_client`` classes per client ("shards").
 
     The server parts depend only on ``labels``, ``seed`` and ``fractions``: every
-    alpha and client count with the same seed shares the same D and server test set,
-    so global accuracies across alphas are measured on the same samples.
+    partition and client count with the same seed shares the same D and server test
+    set, so global accuracies across settings are measured on the same samples.
 
     Args:
         labels: ``(N,)`` integer class ids ``>= 0``; the number of classes is taken
             as ``labels.max() + 1``.
         num_clients: Number of clients, ``1 <= num_clients <=`` client-train pool size.
-        alpha: Dirichlet concentration, finite and > 0.
+        alpha: Dirichlet concentration, finite and > 0 (used by "dirichlet" only).
         seed: Seeds ``np.random.default_rng``; the split is a pure function of it.
         fractions: Shares of (server_train, server_test, client_train, client_test);
             4 positive numbers summing to 1.
-        max_redraws: If a client gets no training sample, the Dirichlet matrix is
-            drawn again (from the same generator, so still deterministic) up to this
-            many times.
+        max_redraws: If a Dirichlet draw leaves a client without training samples, the
+            matrix is drawn again (from the same generator, so still deterministic) up
+            to this many times.
+        partition: "dirichlet", "iid" or "shards".
+        shards_per_client: Classes per client for "shards".
 
     Returns:
         The ``FederatedSplit``.
 
     Raises:
-        ValueError: On an invalid argument, or if every draw left a client without
-            training data.
+        ValueError: On an invalid argument, or if a client would get no training sample
+            (after every Dirichlet redraw).
     """
     _check_alpha(alpha)
     _check_num_clients(num_clients)
     fracs = _check_fractions(fractions)
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition={partition!r} is not known; allowed: {', '.join(PARTITIONS)}")
     if max_redraws < 0:
         raise ValueError(f"max_redraws={max_redraws} must be >= 0")
     labels = np.asarray(labels)
@@ -240,8 +285,8 @@ def split_federated(
         raise ValueError("labels must be non-empty class ids >= 0")
 
     rng = np.random.default_rng(seed)
-    # The carve draws come first and never depend on alpha or num_clients, which is
-    # what keeps the server sets fixed across those settings.
+    # The carve draws come first and never depend on the partition or num_clients, which
+    # is what keeps the server sets fixed across those settings.
     order = _stratified_order(labels, rng)
     sizes = _part_sizes(labels.size, fracs)
     server_train, server_test, train_pool, test_pool = np.split(
@@ -254,16 +299,24 @@ def split_federated(
         )
 
     num_classes = int(labels.max()) + 1
-    for _ in range(max_redraws + 1):
-        p = dirichlet_proportions(num_classes, num_clients, alpha, rng)
+    draws = max_redraws + 1 if partition == "dirichlet" else 1
+    for _ in range(draws):
+        if partition == "dirichlet":
+            p = dirichlet_proportions(num_classes, num_clients, alpha, rng)
+        elif partition == "iid":
+            p = iid_proportions(num_classes, num_clients)
+        else:
+            p = shard_proportions(num_classes, num_clients, shards_per_client, rng)
         client_train = split_by_proportions(train_pool, labels, p)
         if all(part.size > 0 for part in client_train):
             break
     else:
+        empty = sum(part.size == 0 for part in client_train)
+        what = f"alpha={alpha}" if partition == "dirichlet" else f"partition={partition}"
         raise ValueError(
-            f"num_clients={num_clients}, alpha={alpha}: some client got no training "
-            f"sample in {max_redraws + 1} Dirichlet draws; raise alpha, use fewer "
-            "clients or raise max_redraws"
+            f"num_clients={num_clients}, {what}: {empty} client(s) got no training sample"
+            + (f" in {draws} Dirichlet draws; raise alpha" if partition == "dirichlet" else "")
+            + " or use fewer clients"
         )
     client_test = split_by_proportions(test_pool, labels, p)
     return FederatedSplit(

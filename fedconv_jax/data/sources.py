@@ -69,27 +69,36 @@ def load_digits() -> Dataset:
     return Dataset(name="digits", images=images, labels=labels, num_classes=10)
 
 
-# A dict rather than an if-chain so that later sources (e.g. "tfds:<name>", local
-# files) are one entry each.
-_LOADERS: dict[str, Callable[[], Dataset]] = {
-    "digits": load_digits,
-}
+BUNDLED: dict[str, Callable[[], Dataset]] = {"digits": load_digits}
+TFDS_PREFIX = "tfds:"
 
 
-def load_dataset(name: str) -> Dataset:
-    """Loads a data set by its registry name.
+def is_dataset_name(name: str) -> bool:
+    """A bundled name, or `tfds:<name>` with a TFDS-style name (checked before anything loads)."""
+    if name in BUNDLED:
+        return True
+    rest = name[len(TFDS_PREFIX) :] if name.startswith(TFDS_PREFIX) else ""
+    return bool(rest) and all(part and part.replace("_", "").isalnum() for part in rest.split("/"))
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Loads a data set: a bundled one ("digits") or a prepared TFDS one ("tfds:mnist").
 
     Args:
-        name: One of the registered names (currently only ``"digits"``).
-
-    Returns:
-        The loaded ``Dataset``.
+        name: "digits" or "tfds:<name>" (prepared or imported into the data dir).
+        data_dir: TFDS data dir; default $FEDCONV_DATA_DIR, then a per-user cache dir.
 
     Raises:
-        ValueError: If ``name`` is not registered.
+        ValueError: If ``name`` is not known; `DatasetNotPrepared` (a ValueError) if a TFDS
+            data set is not in the data dir.
     """
-    loader = _LOADERS.get(name)
-    if loader is None:
-        allowed = ", ".join(sorted(_LOADERS))
+    if name in BUNDLED:
+        return BUNDLED[name]()
+    if not is_dataset_name(name):
+        allowed = ", ".join(sorted(BUNDLED)) + ", tfds:<name>"
         raise ValueError(f"dataset={name!r} is not known; allowed: {allowed}")
-    return loader()
+    from fedconv_jax.data.tfds_source import (
+        load_tfds,  # TFDS is imported only when used
+    )
+
+    return load_tfds(name[len(TFDS_PREFIX) :], data_dir)
