@@ -8,6 +8,7 @@ Reading never downloads: a missing data set fails at once with the command that 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -132,7 +133,13 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
             return Dataset(f"tfds:{name}", f["images"], f["labels"], int(f["num_classes"]))
     import tensorflow_datasets as tfds
 
-    dataset = dataset_from_builder(tfds.builder_from_directory(str(version_dir)), name)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # TFDS warns once per load that OpenCV is missing (PIL decodes)
+    try:
+        dataset = dataset_from_builder(tfds.builder_from_directory(str(version_dir)), name)
+    finally:
+        absl_logger.setLevel(level)
     try:
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
