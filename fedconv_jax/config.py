@@ -13,12 +13,13 @@ from pathlib import Path
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
+from fedconv_jax.baselines import BASELINES
 from fedconv_jax.filters import FILTER_IMPLS, FILTER_INITS, PRE_PROJECTIONS, RESIDUALS, FilterConfig
 from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
 from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
 from fedconv_jax.tuning import TuningConfig
 
-ALGORITHMS = ("fedconv",)
+ALGORITHMS = ("fedconv", *BASELINES)
 DATASETS = ("digits",)
 CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
 
@@ -34,7 +35,7 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # --- what to run
-    c.algorithm = "fedconv"  # federated algorithm; "fedconv" (baselines come with a later issue)
+    c.algorithm = "fedconv"  # "fedconv" or a baseline: fedavg_small, fedavg_full, heterofl, fedrolex, feddropout, standalone, serveralone
     c.dataset = "digits"  # data source; "digits" = scikit-learn's bundled 8x8 digits (no download)
     c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN) or "cnn_bn" (the same with BatchNorm)
     c.seed = 0  # one seed for data split, init and every random draw
@@ -77,7 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.client_parallelism = "vmap"  # clients of a tier: "vmap" or "map" (lax.map in chunks)
     c.client_chunk = 4  # clients per lax.map chunk when client_parallelism="map"
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
-    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile)
+    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; fedconv only)
+    c.client_costs = True  # per-client bytes, FLOPs and memory in every row (one compile per model width)
     return c
 
 
@@ -156,7 +158,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "aggregation_granularity", GRANULARITIES)
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
-    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize"):
+    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs"):
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)
