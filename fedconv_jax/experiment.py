@@ -11,7 +11,11 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedconv_jax.baselines import BaselineState, init_baseline_state, make_baseline_round_fn
+from fedconv_jax.baselines import (
+    BaselineState,
+    init_baseline_state,
+    make_baseline_round_fn,
+)
 from fedconv_jax.config import make_round_config
 from fedconv_jax.costs import client_costs
 from fedconv_jax.data import load_dataset, split_federated

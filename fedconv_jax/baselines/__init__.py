@@ -13,8 +13,16 @@ from fedconv_jax.baselines.alone import (
     make_standalone_round_fn,
 )
 from fedconv_jax.baselines.common import BaselineState
-from fedconv_jax.baselines.fedavg import fedavg_ratio, init_fedavg_state, make_fedavg_round_fn
-from fedconv_jax.baselines.heterofl import POLICIES, init_slice_state, make_slice_round_fn
+from fedconv_jax.baselines.fedavg import (
+    fedavg_ratio,
+    init_fedavg_state,
+    make_fedavg_round_fn,
+)
+from fedconv_jax.baselines.heterofl import (
+    POLICIES,
+    init_slice_state,
+    make_slice_round_fn,
+)
 from fedconv_jax.round import RoundConfig
 from fedconv_jax.types import PRNGKey
 

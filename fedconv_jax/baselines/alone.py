@@ -10,9 +10,8 @@ baseline does no model selection), `local_epochs` epochs per round with a fresh 
 client whose data is D. Client accuracy is that one model on every client's test split.
 """
 
-from collections.abc import Callable
-
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

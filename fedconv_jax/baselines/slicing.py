@@ -127,8 +127,9 @@ def aggregate_slices(
     count = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), old)
     for subs, idx, weights in tiers:
         values, owned = jax.vmap(lambda s, i: embed(s, rules, i, shapes))(subs, idx)
-        total = jax.tree.map(lambda a, v: a + jnp.tensordot(weights.astype(v.dtype), v, axes=1), total, values)
-        count = jax.tree.map(lambda a, o: a + jnp.tensordot(weights.astype(jnp.float32), o, axes=1), count, owned)
+        w = weights.astype(jnp.float32)
+        total = jax.tree.map(lambda a, v, w=w: a + jnp.tensordot(w.astype(v.dtype), v, axes=1), total, values)
+        count = jax.tree.map(lambda a, o, w=w: a + jnp.tensordot(w, o, axes=1), count, owned)
     return jax.tree.map(
         lambda t, c, o: jnp.where(c > 0, t / jnp.maximum(c, 1e-12).astype(t.dtype), o), total, count, old
     )
