@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedconv_jax.client import local_train
+from fedconv_jax.models import ModelSpec
 from fedconv_jax.round import RoundConfig
 from fedconv_jax.tuning import IndexSet
 
@@ -45,24 +46,28 @@ def variables_bytes(variables) -> int:
 
 def step_costs(cfg: RoundConfig, ratio: float) -> dict[str, float]:
     """FLOPs and peak memory of one compiled client training step at width `ratio`."""
-    batch = cfg.local_batch_size
-    apply_fn = functools.partial(cfg.model.apply, ratio)
+    return dict(_step_costs(cfg.model, cfg.local_batch_size, float(ratio)))
+
+
+@functools.lru_cache(maxsize=64)  # one compile per (model, batch, width) per process
+def _step_costs(model: ModelSpec, batch: int, ratio: float) -> tuple[tuple[str, float], ...]:
+    apply_fn = functools.partial(model.apply, ratio)
     one_batch = IndexSet(jnp.arange(batch, dtype=jnp.int32), jnp.ones(batch, bool))
 
     def one_step(variables, images, labels, key):
         return local_train(apply_fn, variables, images, labels, one_batch, key, epochs=1, batch_size=batch)
 
-    variables = jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), ratio))
-    images = jax.ShapeDtypeStruct((batch, *cfg.model.input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ratio))
+    images = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
     compiled = jax.jit(one_step).lower(variables, images, labels, jax.random.key(0)).compile()
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):  # older JAX: one dict per computation
         analysis = analysis[0]
-    return {
-        "flops_per_step": float(analysis.get("flops", float("nan"))),
-        "peak_memory_bytes": int(compiled.memory_analysis().peak_memory_in_bytes),
-    }
+    return (
+        ("flops_per_step", float(analysis.get("flops", float("nan")))),
+        ("peak_memory_bytes", int(compiled.memory_analysis().peak_memory_in_bytes)),
+    )
 
 
 def client_costs(
