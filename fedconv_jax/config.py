@@ -54,6 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.pretrain_epochs = 5  # pre-training epochs of the global model on D (0 = none)
     c.pretrain_every_round = False  # False: round 1 only (paper); True: every round (reference code)
     c.pretrain_lr = 1e-3  # Adam learning rate of pre-training
+    c.baseline_pretrain = False  # baselines with a global model also pre-train it on D in round 1 (paper: no)
     c.compress_epochs = 20  # compression-filter tuning epochs per round (e_c)
     c.dilate_epochs = 20  # dilation-filter tuning epochs per round (e_d)
     c.aggregate_epochs = 20  # aggregation-weight tuning epochs per round
@@ -158,7 +159,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "aggregation_granularity", GRANULARITIES)
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
-    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs"):
+    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs",
+                  "baseline_pretrain"):
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)

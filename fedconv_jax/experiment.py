@@ -102,7 +102,9 @@ def run_experiment(
     if config.algorithm == "fedconv":
         round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
     else:
-        round_fn = jax.jit(make_baseline_round_fn(config.algorithm, exp.round_config), donate_argnums=0)
+        round_fn = jax.jit(
+            make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain), donate_argnums=0
+        )
 
     costs = None
     if config.client_costs:

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from test_round import tiny_config
 
-from fedconv_jax.baselines import BASELINES, make_baseline_round_fn
+from fedconv_jax.baselines import BASELINES, init_baseline_state, make_baseline_round_fn
+from fedconv_jax.baselines.common import pretrain_on_server
 from fedconv_jax.experiment import build_experiment
 from fedconv_jax.metrics import CompileCounter, params_digest
+from fedconv_jax.tuning import evaluate
 
 
 def _run(algorithm, rounds=2):
@@ -64,3 +66,22 @@ def test_rerun_from_the_same_state_is_identical(runs, algorithm):
     exp, _, digests, _, _, round_fn = runs[algorithm]
     state, _ = round_fn(exp.state, exp.data)
     assert params_digest(state) == digests[0]
+
+
+def test_optional_pretraining_on_d_runs_in_round_one_only():
+    exp = build_experiment(tiny_config())  # pretrain_epochs = 1
+    cfg = exp.round_config
+    state = init_baseline_state("heterofl", cfg, jax.random.key(0))
+
+    @jax.jit
+    def pretrained(state):
+        new = pretrain_on_server(cfg, 1.0, state, exp.data, True)
+        loss = lambda v: evaluate(lambda x: cfg.model.apply(1.0, v, x)[0], exp.data.images, exp.data.labels, exp.data.server_holdout)[1]
+        return new, loss(state.global_vars), loss(new)
+
+    new, before, after = pretrained(state)
+    assert params_digest(state.replace(global_vars=new)) != params_digest(state)
+    assert float(after) <= float(before)  # held-out selection keeps the better of start and epoch 1
+    later, _, _ = pretrained(state.replace(round=state.round + 1))
+    assert params_digest(state.replace(global_vars=later)) == params_digest(state)
+    assert pretrain_on_server(cfg, 1.0, state, exp.data, False) is state.global_vars

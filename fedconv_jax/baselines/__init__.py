@@ -46,13 +46,19 @@ def init_baseline_state(algorithm: str, cfg: RoundConfig, key: PRNGKey) -> Basel
     return init_serveralone_state(cfg, key)
 
 
-def make_baseline_round_fn(algorithm: str, cfg: RoundConfig) -> Callable:
-    """The baseline's whole round as one pure function; jit it once (state donated)."""
+def make_baseline_round_fn(algorithm: str, cfg: RoundConfig, pretrain: bool = False) -> Callable:
+    """The baseline's whole round as one pure function; jit it once (state donated).
+
+    Args:
+      pretrain: pre-train the global model on D in round 1 as FedConv does (fedavg_*,
+        heterofl, fedrolex, feddropout; standalone has no global model and serveralone
+        trains on D anyway).
+    """
     _check(algorithm)
     if algorithm.startswith("fedavg_"):
-        return make_fedavg_round_fn(cfg, algorithm.removeprefix("fedavg_"))
+        return make_fedavg_round_fn(cfg, algorithm.removeprefix("fedavg_"), pretrain)
     if algorithm in POLICIES:
-        return make_slice_round_fn(cfg, algorithm)
+        return make_slice_round_fn(cfg, algorithm, pretrain)
     if algorithm == "standalone":
         return make_standalone_round_fn(cfg)
     return make_serveralone_round_fn(cfg)

@@ -13,7 +13,13 @@ from flax import struct
 
 from fedconv_jax.client import local_train, map_clients
 from fedconv_jax.round import RoundConfig, RoundData
-from fedconv_jax.tuning import IndexSet, evaluate
+from fedconv_jax.tuning import (
+    IndexSet,
+    evaluate,
+    make_optimizer,
+    refresh_batch_stats,
+    tune,
+)
 from fedconv_jax.types import Metrics, PRNGKey, Variables
 
 PHASES = ("clients", "slices", "server")
@@ -117,3 +123,31 @@ def server_set(data: RoundData) -> IndexSet:
         jnp.concatenate([data.server_train.idx, data.server_holdout.idx]),
         jnp.concatenate([data.server_train.mask, data.server_holdout.mask]),
     )
+
+
+def pretrain_on_server(
+    cfg: RoundConfig, ratio: float, state: BaselineState, data: RoundData, enabled: bool
+) -> Variables:
+    """Round 1 only: the global model pre-trained on D exactly as FedConv's is (`cfg.pretrain`,
+    held-out selection), when `enabled`; otherwise the global model unchanged.
+
+    The paper's baselines have no server data, so this is off by default; it separates what
+    FedConv gains from D's pre-training from what it gains from its learned steps.
+    """
+    gv = state.global_vars
+    if not enabled or cfg.pretrain.epochs == 0:
+        return gv
+    apply_fn = functools.partial(cfg.model.apply, ratio)
+
+    def run(_):
+        result = tune(
+            lambda p, x: apply_fn({"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
+            gv["params"], make_optimizer(cfg.pretrain).init(gv["params"]), data.images, data.labels,
+            data.server_train, data.server_holdout, phase_key(state, "server"), cfg.pretrain,
+        )
+        return refresh_batch_stats(
+            apply_fn, {"params": result.params, "batch_stats": gv["batch_stats"]},
+            data.images, data.server_train, cfg.local_batch_size,
+        )
+
+    return jax.lax.cond(state.round == 0, run, lambda _: gv, None)

@@ -18,6 +18,7 @@ from fedconv_jax.baselines.common import (
     client_metrics,
     global_metrics,
     phase_key,
+    pretrain_on_server,
     split_init_keys,
     train_tier,
 )
@@ -42,10 +43,11 @@ def init_fedavg_state(cfg: RoundConfig, key: PRNGKey, variant: str) -> BaselineS
     )
 
 
-def make_fedavg_round_fn(cfg: RoundConfig, variant: str) -> Callable:
+def make_fedavg_round_fn(cfg: RoundConfig, variant: str, pretrain: bool = False) -> Callable:
     ratio = fedavg_ratio(cfg, variant)
 
     def round_fn(state: BaselineState, data: RoundData):
+        state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, pretrain))
         key = phase_key(state, "clients")
         trained, accuracy = [], []
         for t, capacity in enumerate(cfg.tier_capacity):

@@ -23,6 +23,7 @@ from fedconv_jax.baselines.common import (
     client_metrics,
     global_metrics,
     phase_key,
+    pretrain_on_server,
     split_init_keys,
     train_tier,
 )
@@ -56,11 +57,12 @@ def tier_indices(
     raise ValueError(f"slice policy={policy!r} is not known; allowed: nested, rolling, random")
 
 
-def make_slice_round_fn(cfg: RoundConfig, algorithm: str) -> Callable:
+def make_slice_round_fn(cfg: RoundConfig, algorithm: str, pretrain: bool = False) -> Callable:
     policy = POLICIES[algorithm]
     rules = slicing.channel_rules(jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0)))
 
     def round_fn(state: BaselineState, data: RoundData):
+        state = state.replace(global_vars=pretrain_on_server(cfg, 1.0, state, data, pretrain))
         key = phase_key(state, "clients")
         tiers, accuracy = [], []
         for t, ratio in enumerate(cfg.tier_ratios):
