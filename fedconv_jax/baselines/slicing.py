@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedconv_jax.types import Params, PRNGKey, Variables
 
@@ -174,10 +173,6 @@ def kept_widths(full: Variables, sub: Variables) -> tuple[int, ...]:
     if len(widths) != len(kept) or any(k > c or k < 1 for k, c in zip(kept, widths)):
         raise ValueError(f"sub-model widths {kept} do not fit the global widths {widths}")
     return kept
-
-
-def param_count(variables: Params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables)))
 
 
 __all__ = [
