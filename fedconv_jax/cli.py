@@ -8,6 +8,10 @@ USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--config.<fie
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
+COMPARE_USAGE = (
+    "fedconv-jax compare --config configs/<name>.py --algorithms fedconv,heterofl,... "
+    "--alphas 0.1,1 --workdir DIR [--config.<field>=<value> ...]"
+)
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -130,6 +134,28 @@ def _data_describe(args, overrides) -> int:
     return 0
 
 
+def _compare(args, overrides) -> int:
+    from fedconv_jax.compare import parse_algorithms, parse_alphas
+    from fedconv_jax.config import ConfigError
+
+    try:
+        algorithms = parse_algorithms(args.algorithms)
+        alphas = parse_alphas(args.alphas)
+        config = _load_config(args.config, overrides)
+    except ConfigError as err:
+        return _fail(str(err).replace("config.algorithms=", "--algorithms=").replace("config.alphas=", "--alphas="))
+
+    from fedconv_jax.compare import run_comparison
+
+    try:
+        run_comparison(config, algorithms, alphas, Path(args.workdir), progress=not args.quiet)
+    except (ConfigError, ValueError) as err:
+        return _fail(str(err))
+    workdir = Path(args.workdir)
+    print(f"{len(algorithms) * len(alphas)} runs -> {workdir / 'results.md'}, {workdir / 'results.csv'}, {workdir / 'curves.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="fedconv-jax", description="FedConv in JAX.", usage=USAGE)
@@ -152,10 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     desc = data_sub.add_parser("describe", help="print and plot a config's client partition")
     desc.add_argument("--config", required=True)
     desc.add_argument("--out", default="partition.png", help="PNG heat map (clients x classes)")
+    compare = sub.add_parser("compare", help="run algorithms x alphas and tabulate them", usage=COMPARE_USAGE)
+    compare.add_argument("--config", required=True, help="path to a configs/<name>.py file")
+    compare.add_argument("--algorithms", required=True, help="comma-separated algorithm names")
+    compare.add_argument("--alphas", required=True, help="comma-separated Dirichlet alphas")
+    compare.add_argument("--workdir", required=True, help="output directory (one sub-directory per run)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
     rest, overrides = _split_overrides(argv)
     args = parser.parse_args(rest)
     if args.command == "run":
         return _run(args, overrides)
+    if args.command == "compare":
+        return _compare(args, overrides)
     if args.data_command == "import":
         return _data_import(args)
     if args.data_command == "prepare":

@@ -55,3 +55,14 @@ def local_train(
     carry = (variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
     (params, stats, _), _ = jax.lax.scan(epoch, carry, jax.random.split(key, epochs))
     return {"params": params, "batch_stats": stats}
+
+
+def map_clients(parallelism: str, chunk: int, fn: Callable, *xs):
+    """Applies a per-client `fn` over the leading client axis of `xs`.
+
+    "vmap" runs a tier's clients side by side; "map" runs them as `lax.map` in chunks of
+    `chunk` (less memory). Shared by FedConv's round and the baselines.
+    """
+    if parallelism == "vmap":
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)

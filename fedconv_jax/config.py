@@ -13,6 +13,7 @@ from pathlib import Path
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
+from fedconv_jax.baselines import BASELINES
 from fedconv_jax.data import PARTITIONS, is_dataset_name
 from fedconv_jax.filters import (
     FILTER_IMPLS,
@@ -25,7 +26,7 @@ from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
 from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
 from fedconv_jax.tuning import TuningConfig
 
-ALGORITHMS = ("fedconv",)
+ALGORITHMS = ("fedconv", *BASELINES)
 CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
 
 
@@ -40,7 +41,7 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # --- what to run
-    c.algorithm = "fedconv"  # federated algorithm; "fedconv" (baselines come with a later issue)
+    c.algorithm = "fedconv"  # "fedconv" or a baseline: fedavg_small, fedavg_full, heterofl, fedrolex, feddropout, standalone, serveralone
     c.dataset = "digits"  # "digits" (scikit-learn's bundled 8x8 digits) or "tfds:<name>" (prepared/imported)
     c.data_dir = ""  # TFDS data dir; "" = $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets
     c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN) or "cnn_bn" (the same with BatchNorm)
@@ -62,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.pretrain_epochs = 5  # pre-training epochs of the global model on D (0 = none)
     c.pretrain_every_round = False  # False: round 1 only (paper); True: every round (reference code)
     c.pretrain_lr = 1e-3  # Adam learning rate of pre-training
+    c.baseline_pretrain = False  # baselines with a global model also pre-train it on D in round 1 (paper: no)
     c.compress_epochs = 20  # compression-filter tuning epochs per round (e_c)
     c.dilate_epochs = 20  # dilation-filter tuning epochs per round (e_d)
     c.aggregate_epochs = 20  # aggregation-weight tuning epochs per round
@@ -86,7 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.client_parallelism = "vmap"  # clients of a tier: "vmap" or "map" (lax.map in chunks)
     c.client_chunk = 4  # clients per lax.map chunk when client_parallelism="map"
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
-    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile)
+    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; fedconv only)
+    c.client_costs = True  # per-client bytes, FLOPs and memory in every row (one compile per model width)
     return c
 
 
@@ -169,7 +172,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "aggregation_granularity", GRANULARITIES)
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
-    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize"):
+    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs",
+                  "baseline_pretrain"):
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)

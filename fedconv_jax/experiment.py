@@ -11,7 +11,13 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from fedconv_jax.baselines import (
+    BaselineState,
+    init_baseline_state,
+    make_baseline_round_fn,
+)
 from fedconv_jax.config import make_round_config
+from fedconv_jax.costs import client_costs
 from fedconv_jax.data import load_dataset, split_federated
 from fedconv_jax.device_data import group_tiers, make_round_data
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
@@ -31,7 +37,7 @@ class Experiment:
     config: ml_collections.ConfigDict
     round_config: RoundConfig
     data: RoundData
-    state: ServerState
+    state: ServerState | BaselineState
     tier_members: tuple[tuple[int, ...], ...]
 
 
@@ -50,7 +56,11 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         dataset, split, members, batch_size=config.batch_size,
         holdout_fraction=config.holdout_fraction, seed=config.seed,
     )
-    state = init_server_state(round_config, jax.random.key(config.seed))
+    key = jax.random.key(config.seed)
+    if config.algorithm == "fedconv":
+        state = init_server_state(round_config, key)
+    else:
+        state = init_baseline_state(config.algorithm, round_config, key)
     return Experiment(config, round_config, data, state, members)
 
 
@@ -90,10 +100,20 @@ def run_experiment(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
     counter = CompileCounter()
-    round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
+    if config.algorithm == "fedconv":
+        round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
+    else:
+        round_fn = jax.jit(
+            make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain), donate_argnums=0
+        )
+
+    costs = None
+    if config.client_costs:
+        samples = [np.asarray(n) for n in exp.data.num_samples]
+        costs = client_costs(config.algorithm, exp.round_config, samples)
 
     phase_seconds = None
-    if config.phase_timing:
+    if config.phase_timing and config.algorithm == "fedconv":
         phase_seconds = time_phases(exp.round_config, exp.state, exp.data)
 
     with counter.counting():
@@ -124,6 +144,7 @@ def run_experiment(
                 digest=params_digest(state),
             )
             row["compile_seconds"] = compile_seconds
+            row["client_costs"] = costs
             row["phase_seconds_source"] = "phase-separated run of round 1, compile excluded" if phases else None
             writer.write(row)
             rows.append(row)

@@ -37,9 +37,10 @@ class CompileCounter:
 
 
 def params_digest(state: ServerState) -> str:
-    """sha256 of the global parameters' bytes, in tree-flatten order."""
+    """sha256 of the global parameters' bytes, in tree-flatten order (and of the clients'
+    own models for baselines that keep them: standalone has no global model)."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(state.global_vars["params"]):
+    for leaf in jax.tree.leaves((state.global_vars["params"], getattr(state, "client_vars", ()))):
         digest.update(np.asarray(jax.device_get(leaf)).tobytes())
     return digest.hexdigest()
 

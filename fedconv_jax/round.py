@@ -23,7 +23,7 @@ from fedconv_jax.aggregation import (
     kld_term,
     weighted_average,
 )
-from fedconv_jax.client import local_train
+from fedconv_jax.client import local_train, map_clients
 from fedconv_jax.compression import compress, compress_batch_stats, init_compression_filters
 from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
 from fedconv_jax.filters import FilterConfig
@@ -171,9 +171,7 @@ def _phase_key(state: ServerState, phase: str) -> PRNGKey:
 
 
 def _map_clients(cfg: RoundConfig, fn: Callable, *xs):
-    if cfg.client_parallelism == "vmap":
-        return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda args: fn(*args), xs, batch_size=cfg.client_chunk)
+    return map_clients(cfg.client_parallelism, cfg.client_chunk, fn, *xs)
 
 
 def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:

@@ -1,0 +1,63 @@
+"""FedAvg in the heterogeneous setting (SPEC §7): one model width for every client.
+
+`fedavg_small`: every client trains the model of the smallest SR present (the paper's FedAvg:
+the largest model every client can afford). `fedavg_full`: every client trains the full model,
+ignoring resource limits (an upper reference). Sample-weighted averaging, n_j / sum n.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fedconv_jax.aggregation import weighted_average
+from fedconv_jax.baselines.common import (
+    BaselineState,
+    broadcast_clients,
+    client_keys,
+    client_metrics,
+    global_metrics,
+    phase_key,
+    pretrain_on_server,
+    split_init_keys,
+    train_tier,
+)
+from fedconv_jax.round import RoundConfig, RoundData
+from fedconv_jax.types import PRNGKey
+
+
+def fedavg_ratio(cfg: RoundConfig, variant: str) -> float:
+    """The one width everybody trains: "small" -> min SR present, "full" -> 1."""
+    if variant not in ("small", "full"):
+        raise ValueError(f"fedavg variant={variant!r} is not known; allowed: small, full")
+    return min(cfg.tier_ratios) if variant == "small" else 1.0
+
+
+def init_fedavg_state(cfg: RoundConfig, key: PRNGKey, variant: str) -> BaselineState:
+    k_model, k_round = split_init_keys(key)
+    return BaselineState(
+        global_vars=cfg.model.init(k_model, fedavg_ratio(cfg, variant)),
+        client_vars=(),
+        round=jnp.zeros((), jnp.int32),
+        key=k_round,
+    )
+
+
+def make_fedavg_round_fn(cfg: RoundConfig, variant: str, pretrain: bool = False) -> Callable:
+    ratio = fedavg_ratio(cfg, variant)
+
+    def round_fn(state: BaselineState, data: RoundData):
+        state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, pretrain))
+        key = phase_key(state, "clients")
+        trained, accuracy = [], []
+        for t, capacity in enumerate(cfg.tier_capacity):
+            start = broadcast_clients(state.global_vars, capacity)
+            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t))
+            trained.append(out)
+            accuracy.append(acc)
+        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *trained)
+        new = weighted_average(stacked, jnp.concatenate(data.num_samples), jnp.concatenate(data.client_mask))
+        metrics = {**client_metrics(data, accuracy), **global_metrics(cfg, ratio, new, data)}
+        return state.replace(global_vars=new, round=state.round + 1), metrics
+
+    return round_fn

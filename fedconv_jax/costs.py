@@ -1,0 +1,110 @@
+"""Per-client costs of one round (the paper's Tables 2-3): bytes, training FLOPs, memory.
+
+Computed once on the host at set-up, per tier, from the model each tier's clients train:
+  - bytes_down / bytes_up: exact bytes of the variables sent to / from one client per round
+    (parameters and BatchNorm statistics, at their dtypes); index vectors and the sample
+    count are not counted (a few bytes);
+  - flops_per_step: XLA's cost analysis of one client training step (`local_train` for one
+    epoch of one batch: forward, backward, Adam), compiled for the default backend;
+  - train_flops: flops_per_step x the steps each client actually runs,
+    local_epochs * ceil(n_j / batch_size) (a partial last batch is counted as a full one);
+  - peak_memory_bytes: the compiled step's peak memory (its arguments hold one batch, not
+    the data set).
+"""
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedconv_jax.client import local_train
+from fedconv_jax.models import ModelSpec
+from fedconv_jax.round import RoundConfig
+from fedconv_jax.tuning import IndexSet
+
+# algorithm -> the model width a client of SR s trains (None: clients train nothing).
+_TRAINED_RATIO = {
+    "fedconv": lambda s, ratios: s,
+    "heterofl": lambda s, ratios: s,
+    "fedrolex": lambda s, ratios: s,
+    "feddropout": lambda s, ratios: s,
+    "standalone": lambda s, ratios: s,
+    "fedavg_small": lambda s, ratios: min(ratios),
+    "fedavg_full": lambda s, ratios: 1.0,
+    "serveralone": lambda s, ratios: None,
+}
+_NOTHING_SENT = ("standalone", "serveralone")
+
+
+def variables_bytes(variables) -> int:
+    """Exact bytes of a pytree of arrays (or ShapeDtypeStructs)."""
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(variables)))
+
+
+def step_costs(cfg: RoundConfig, ratio: float) -> dict[str, float]:
+    """FLOPs and peak memory of one compiled client training step at width `ratio`."""
+    return dict(_step_costs(cfg.model, cfg.local_batch_size, float(ratio)))
+
+
+@functools.lru_cache(maxsize=64)  # one compile per (model, batch, width) per process
+def _step_costs(model: ModelSpec, batch: int, ratio: float) -> tuple[tuple[str, float], ...]:
+    apply_fn = functools.partial(model.apply, ratio)
+    one_batch = IndexSet(jnp.arange(batch, dtype=jnp.int32), jnp.ones(batch, bool))
+
+    def one_step(variables, images, labels, key):
+        return local_train(apply_fn, variables, images, labels, one_batch, key, epochs=1, batch_size=batch)
+
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ratio))
+    images = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    compiled = jax.jit(one_step).lower(variables, images, labels, jax.random.key(0)).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older JAX: one dict per computation
+        analysis = analysis[0]
+    return (
+        ("flops_per_step", float(analysis.get("flops", float("nan")))),
+        ("peak_memory_bytes", int(compiled.memory_analysis().peak_memory_in_bytes)),
+    )
+
+
+def client_costs(
+    algorithm: str, cfg: RoundConfig, num_samples: Sequence[np.ndarray]
+) -> dict[str, dict]:
+    """Per tier (keyed by SR as in `tier_accuracy`): the costs of one client per round.
+
+    Args:
+      algorithm: a name from config.ALGORITHMS.
+      cfg: the run's RoundConfig.
+      num_samples: per tier, the training-set sizes of its client slots.
+    """
+    if algorithm not in _TRAINED_RATIO:
+        raise ValueError(f"algorithm={algorithm!r} has no cost model; allowed: {', '.join(_TRAINED_RATIO)}")
+    cache: dict[float, dict] = {}
+    out = {}
+    for ratio, n in zip(cfg.tier_ratios, num_samples):
+        trained = _TRAINED_RATIO[algorithm](ratio, cfg.tier_ratios)
+        if trained is None:
+            out[f"{ratio:g}"] = {
+                "trained_ratio": None, "bytes_down": 0, "bytes_up": 0, "flops_per_step": 0.0,
+                "train_flops": [0.0] * len(n), "peak_memory_bytes": 0,
+            }
+            continue
+        if trained not in cache:
+            cache[trained] = step_costs(cfg, trained)
+        step = cache[trained]
+        sent = 0 if algorithm in _NOTHING_SENT else variables_bytes(
+            jax.eval_shape(lambda t=trained: cfg.model.init(jax.random.key(0), t))
+        )
+        steps = [cfg.local_epochs * math.ceil(int(x) / cfg.local_batch_size) for x in np.asarray(n)]
+        out[f"{ratio:g}"] = {
+            "trained_ratio": trained,
+            "bytes_down": sent,
+            "bytes_up": sent,
+            "flops_per_step": step["flops_per_step"],
+            "train_flops": [s * step["flops_per_step"] for s in steps],
+            "peak_memory_bytes": step["peak_memory_bytes"],
+        }
+    return out
