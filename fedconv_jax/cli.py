@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--config.<field>=<value> ...]"
+USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--resume] [--config.<field>=<value> ...]"
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -45,9 +45,12 @@ def _run(args, overrides) -> int:
     from fedconv_jax.experiment import run_experiment
 
     try:
-        rows = run_experiment(config, Path(args.workdir), progress=not args.quiet)
-    except ValueError as err:  # data-level refusals (e.g. too many clients for the data set)
+        rows = run_experiment(config, Path(args.workdir), progress=not args.quiet, resume=args.resume)
+    except ValueError as err:  # data-level and resume refusals (CheckpointError is a ValueError)
         return _fail(str(err))
+    if not rows:
+        print(f"nothing to run: the checkpoint in {args.workdir} is already at round {config.rounds} or later")
+        return 0
     last = rows[-1]
     print(
         f"round {last['round']}: global_accuracy={last['global_accuracy']:.4f} "
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="path to a configs/<name>.py file")
     run.add_argument("--workdir", required=True, help="output directory (metrics.jsonl)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --workdir")
     rest, overrides = _split_overrides(argv)
     args = parser.parse_args(rest)
     if args.command == "run":

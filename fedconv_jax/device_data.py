@@ -38,17 +38,21 @@ def make_round_data(
     batch_size: int,
     holdout_fraction: float,
     seed: int,
+    poisoned_clients: int = 0,
 ) -> RoundData:
     """Uploads the data set once and turns every party's indices into padded index lists.
 
     All client training lists share one capacity (the largest client, rounded up to a whole
-    batch) so that every tier's local training has the same number of steps.
+    batch) so that every tier's local training has the same number of steps. The last
+    `poisoned_clients` client ids are flagged as attackers (a data array, so the number of
+    attackers can change without a recompile).
     """
+    first_poisoned = len(split.client_train) - poisoned_clients
     tune_idx, holdout_idx = split_holdout(split.server_train, holdout_fraction, seed)
     train_cap = max(len(x) for x in split.client_train)
     train_cap = -(-train_cap // batch_size) * batch_size
     test_cap = max(1, max(len(x) for x in split.client_test))
-    client_train, client_test, client_mask, num_samples = [], [], [], []
+    client_train, client_test, client_mask, num_samples, poisoned = [], [], [], [], []
     for members in tier_members:
         idx, mask = pad_index_lists([split.client_train[i] for i in members], capacity=train_cap)
         client_train.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
@@ -56,6 +60,7 @@ def make_round_data(
         client_test.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
         client_mask.append(jnp.ones(len(members), bool))
         num_samples.append(jnp.asarray([len(split.client_train[i]) for i in members], jnp.float32))
+        poisoned.append(jnp.asarray([i >= first_poisoned for i in members], bool))
     return RoundData(
         images=jnp.asarray(dataset.images),
         labels=jnp.asarray(dataset.labels),
@@ -66,4 +71,5 @@ def make_round_data(
         client_test=tuple(client_test),
         client_mask=tuple(client_mask),
         num_samples=tuple(num_samples),
+        poisoned=tuple(poisoned),
     )
