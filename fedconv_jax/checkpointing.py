@@ -123,7 +123,10 @@ class Checkpointer:
         """Starts an async save of the state after `state.round` rounds (host copy first)."""
         step = int(state.round)
         host = _storable(state)  # a host copy: the next round may donate the device buffers
-        meta = {**meta, "format": FORMAT_VERSION, "round": step, "state_digest": tree_digest(host)}
+        meta = {
+            **meta, "format": FORMAT_VERSION, "round": step, "state_digest": tree_digest(host),
+            "key_impl": str(jax.random.key_impl(state.key)),
+        }
         saved = self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         )
@@ -142,7 +145,7 @@ class Checkpointer:
 
 
 def _restore_step(manager, step: int, template: ServerState) -> tuple[ServerState, dict]:
-    abstract = jax.eval_shape(lambda: _storable(template))
+    abstract = jax.eval_shape(lambda s: s.replace(key=jax.random.key_data(s.key)), template)
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     )
@@ -153,8 +156,7 @@ def _restore_step(manager, step: int, template: ServerState) -> tuple[ServerStat
         raise CheckpointError("state digest does not match the one written with it")
     if int(host.round) != step:
         raise CheckpointError(f"state round {int(host.round)} != step {step}")
-    impl = jax.random.key_impl(template.key)
-    return host.replace(key=jax.random.wrap_key_data(host.key, impl=impl)), meta
+    return host.replace(key=jax.random.wrap_key_data(host.key, impl=meta["key_impl"])), meta
 
 
 def find_latest(
@@ -162,7 +164,8 @@ def find_latest(
 ) -> tuple[ServerState, dict, list[int]] | None:
     """The newest complete, intact checkpoint: (state, meta, newer unusable steps).
 
-    Read-only. Returns None when the workdir has no complete checkpoint at all; raises
+    `template` may be abstract (`jax.eval_shape` of the initial state): only its structure,
+    shapes and dtypes are used. Read-only. Returns None when the workdir has no complete checkpoint at all; raises
     CheckpointError when it has some but none can be restored.
     """
     directory = checkpoint_dir(workdir)
@@ -182,7 +185,7 @@ def find_latest(
         for step in steps:
             try:
                 state, meta = _restore_step(manager, step, template)
-            except Exception as err:  # any failure to read a step means: try the previous one
+            except Exception as err:  # noqa: BLE001 -- any failure to read a step: try the previous one
                 reason = (str(err).strip().splitlines() or [""])[0][:200]
                 warn(f"checkpoint {directory / str(step)} is unusable ({type(err).__name__}: {reason}); falling back to the previous one")
                 bad.append(step)

@@ -1,6 +1,7 @@
 """From a validated config to a finished run: build, compile once, loop rounds, log rows."""
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -36,8 +37,12 @@ class Experiment:
     tier_members: tuple[tuple[int, ...], ...]
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    """Loads and splits the data, uploads it once, and initialises the server state."""
+def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = False) -> Experiment:
+    """Loads and splits the data, uploads it once, and initialises the server state.
+
+    With `abstract_state`, the state is only its shapes (`jax.eval_shape`): enough to restore
+    a checkpoint into, without paying for the initialisation.
+    """
     dataset = load_dataset(config.dataset)
     split = split_federated(
         dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions)
@@ -51,7 +56,8 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         holdout_fraction=config.holdout_fraction, seed=config.seed,
         poisoned_clients=config.poisoned_clients,
     )
-    state = init_server_state(round_config, jax.random.key(config.seed))
+    init = functools.partial(init_server_state, round_config, jax.random.key(config.seed))
+    state = jax.eval_shape(init) if abstract_state else init()
     return Experiment(config, round_config, data, state, members)
 
 
@@ -98,7 +104,7 @@ def _prepare_workdir(
     latest = checkpointing.find_latest(workdir, exp.state, warn)
     if latest is None:
         warn(f"--resume: no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}; starting at round 1")
-        return exp.state, []
+        return init_server_state(exp.round_config, jax.random.key(config.seed)), []
     state, meta, bad = latest
     checkpointing.check_config_change(
         meta["config"], checkpointing.jsonable_config(config), config.allow_config_change
@@ -125,7 +131,7 @@ def run_experiment(
     (rows of later rounds are dropped from metrics.jsonl and recomputed, so every round
     appears once). Without it, a workdir that already holds a run is refused.
     """
-    exp = build_experiment(config)  # data-level refusals happen before anything is written
+    exp = build_experiment(config, abstract_state=resume)  # data refusals come before any write
     workdir = Path(workdir)
     state, bad_steps = _prepare_workdir(exp, workdir, resume, warn)
     start_round = int(state.round)
