@@ -247,6 +247,5 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
         client_chunk=config.client_chunk,
         eval_chunk=config.eval_chunk,
         dropout_rate=config.dropout_rate,
-        poison_mode=config.poison_mode,
         poison_scale=config.poison_scale,
     )

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedconv_jax.data import Dataset, FederatedSplit, pad_index_lists
+from fedconv_jax.participation import attack_code
 from fedconv_jax.round import RoundData
 from fedconv_jax.tuning import IndexSet
 
@@ -39,15 +40,17 @@ def make_round_data(
     holdout_fraction: float,
     seed: int,
     poisoned_clients: int = 0,
+    poison_mode: str = "sign_flip",
 ) -> RoundData:
     """Uploads the data set once and turns every party's indices into padded index lists.
 
     All client training lists share one capacity (the largest client, rounded up to a whole
     batch) so that every tier's local training has the same number of steps. The last
-    `poisoned_clients` client ids are flagged as attackers (a data array, so the number of
-    attackers can change without a recompile).
+    `poisoned_clients` client ids attack with `poison_mode` (data: the number of attackers
+    and the mode can change without a recompile).
     """
     first_poisoned = len(split.client_train) - poisoned_clients
+    code = attack_code(poison_mode)
     tune_idx, holdout_idx = split_holdout(split.server_train, holdout_fraction, seed)
     train_cap = max(len(x) for x in split.client_train)
     train_cap = -(-train_cap // batch_size) * batch_size
@@ -60,7 +63,7 @@ def make_round_data(
         client_test.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
         client_mask.append(jnp.ones(len(members), bool))
         num_samples.append(jnp.asarray([len(split.client_train[i]) for i in members], jnp.float32))
-        poisoned.append(jnp.asarray([i >= first_poisoned for i in members], bool))
+        poisoned.append(jnp.asarray([code if i >= first_poisoned else 0 for i in members], jnp.int32))
     return RoundData(
         images=jnp.asarray(dataset.images),
         labels=jnp.asarray(dataset.labels),

@@ -54,7 +54,7 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,
         holdout_fraction=config.holdout_fraction, seed=config.seed,
-        poisoned_clients=config.poisoned_clients,
+        poisoned_clients=config.poisoned_clients, poison_mode=config.poison_mode,
     )
     init = functools.partial(init_server_state, round_config, jax.random.key(config.seed))
     state = jax.eval_shape(init) if abstract_state else init()

@@ -54,35 +54,35 @@ def select_clients(mask: jax.Array, stacked: Params, fallback: Params) -> Params
     return jax.tree.map(pick, stacked, fallback)
 
 
-def poison_uploads(
-    key: PRNGKey,
-    received: Params,
-    trained: Params,
-    poisoned: jax.Array,
-    mode: str,
-    scale: float,
-) -> Params:
-    """Replaces the uploads of poisoned clients (a model-poisoning attack).
+def attack_code(mode: str) -> int:
+    """The per-client attack code of a poison mode (0 means an honest client)."""
+    if mode not in POISON_MODES:
+        raise ValueError(f"poison_mode={mode!r} is not known; allowed: {', '.join(POISON_MODES)}")
+    return POISON_MODES.index(mode) + 1
+
+
+def poison_uploads(key: PRNGKey, received: Params, trained: Params, attack: jax.Array, scale: float) -> Params:
+    """Replaces the uploads of attacking clients (model poisoning).
+
+    The attack is data, not a static setting, so the number of attackers and their mode can
+    change without a recompile.
 
     Args:
       key: randomness for "noise".
       received: the parameters the clients were sent (no client axis).
       trained: the clients' trained parameters, stacked along a leading client axis.
-      poisoned: (clients,) bool.
-      mode: "sign_flip": received - scale * (trained - received), the update reversed;
-        "noise": received + scale * N(0, 1) per element, the update replaced by noise.
+      attack: (clients,) int codes: 0 honest, `attack_code("sign_flip")`: upload
+        received - scale * (trained - received), the update reversed; `attack_code("noise")`:
+        upload received + scale * N(0, 1) per element, the update replaced by noise.
       scale: attack strength.
     """
-    if mode not in POISON_MODES:
-        raise ValueError(f"poison_mode={mode!r} is not known; allowed: {', '.join(POISON_MODES)}")
     leaves, treedef = jax.tree.flatten(trained)
-    if mode == "sign_flip":
-        attacked = jax.tree.map(lambda t, r: r - scale * (t - r), trained, received)
-    else:
-        keys = jax.random.split(key, len(leaves))
-        noise = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-        attacked = jax.tree.map(lambda r, n: r + scale * n, received, jax.tree.unflatten(treedef, noise))
-    return select_clients(poisoned, attacked, trained)
+    keys = jax.random.split(key, len(leaves))
+    noise = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    flipped = jax.tree.map(lambda t, r: r - scale * (t - r), trained, received)
+    noisy = jax.tree.map(lambda r, n: r + scale * n, received, noise)
+    out = select_clients(attack == attack_code("sign_flip"), flipped, trained)
+    return select_clients(attack == attack_code("noise"), noisy, out)
 
 
-__all__ = ["POISON_MODES", "finite_mask", "participation_mask", "poison_uploads", "select_clients"]
+__all__ = ["POISON_MODES", "attack_code", "finite_mask", "participation_mask", "poison_uploads", "select_clients"]

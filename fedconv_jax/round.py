@@ -67,7 +67,7 @@ class RoundConfig:
       client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
       eval_chunk: examples per evaluation chunk (bounds activation memory).
       dropout_rate: fraction of the present clients dropped each round (participation.py).
-      poison_mode, poison_scale: how the clients flagged in `RoundData.poisoned` attack.
+      poison_scale: strength of the attacks flagged in `RoundData.poisoned`.
     """
 
     model: ModelSpec
@@ -91,7 +91,6 @@ class RoundConfig:
     client_chunk: int = 4
     eval_chunk: int = 1024
     dropout_rate: float = 0.0
-    poison_mode: str = "sign_flip"
     poison_scale: float = 1.0
 
     @property
@@ -114,7 +113,7 @@ class RoundData(NamedTuple):
     client_test: tuple[IndexSet, ...]  # (capacity, n_test_pad) per tier
     client_mask: tuple[jax.Array, ...]  # (capacity,) bool: which slots take part
     num_samples: tuple[jax.Array, ...]  # (capacity,) float32 training-set sizes n_j
-    poisoned: tuple[jax.Array, ...] = ()  # (capacity,) bool per tier; () = no attack traced
+    poisoned: tuple[jax.Array, ...] = ()  # (capacity,) int32 attack codes (participation.py); ()=none
 
 
 @struct.dataclass
@@ -193,7 +192,7 @@ def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, subs,
         if data.poisoned:
             params = poison_uploads(
                 jax.random.fold_in(key_poison, t), subs[t]["params"], uploads["params"],
-                data.poisoned[t], cfg.poison_mode, cfg.poison_scale,
+                data.poisoned[t], cfg.poison_scale,
             )
             uploads = {**uploads, "params": params}
         ok = finite_mask(uploads)

@@ -8,6 +8,7 @@ import pytest
 from fedconv_jax.config import default_config, validate
 from fedconv_jax.experiment import build_experiment
 from fedconv_jax.participation import (
+    attack_code,
     finite_mask,
     participation_mask,
     poison_uploads,
@@ -60,7 +61,8 @@ def test_poison_uploads_against_numpy(mode):
     received = {"w": rng.normal(size=(3, 2)).astype(np.float32)}
     trained = {"w": rng.normal(size=(4, 3, 2)).astype(np.float32)}
     poisoned = np.array([False, True, False, True])
-    out = np.asarray(poison_uploads(jax.random.key(1), received, trained, jnp.asarray(poisoned), mode, 2.5)["w"])
+    attack = jnp.asarray(np.where(poisoned, attack_code(mode), 0))
+    out = np.asarray(poison_uploads(jax.random.key(1), received, trained, attack, 2.5)["w"])
     np.testing.assert_array_equal(out[~poisoned], trained["w"][~poisoned])
     if mode == "sign_flip":
         expected = received["w"] - 2.5 * (trained["w"][poisoned] - received["w"])
@@ -131,8 +133,9 @@ def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
 def test_sign_flipped_client_matches_the_linear_reference(fault_round):
     exp, round_fn = fault_round
     data = exp.data
-    poisoned = (jnp.asarray([False, True]), jnp.asarray([False, False]))  # config client 3 (the last)
-    np.testing.assert_array_equal(np.concatenate(data.poisoned), [False] * 4)  # poisoned_clients=0
+    flip = attack_code("sign_flip")
+    poisoned = (jnp.asarray([0, flip]), jnp.asarray([0, 0]))  # config client 3 (the last)
+    np.testing.assert_array_equal(np.concatenate(data.poisoned), [0] * 4)  # poisoned_clients=0
     clean, _ = round_fn(exp.state, data)
     attacked, metrics = round_fn(exp.state, data._replace(poisoned=poisoned))
     assert int(metrics["excluded_clients"]) == 0  # a finite attack is not caught by the screen
@@ -167,3 +170,13 @@ def test_dropout_inside_the_round_is_seeded_by_round():
     assert len(set(seen)) > 1
     again = clients(exp.state.replace(round=jnp.int32(2)), exp.data)
     assert tuple(np.concatenate([np.asarray(x) for x in again["participating"]])) == seen[2]
+
+
+def test_poisoned_clients_are_the_last_in_config_order():
+    config = _fault_config()
+    config.poisoned_clients, config.poison_mode = 3, "noise"
+    exp = build_experiment(config, abstract_state=True)
+    # Tiers (1.0: clients 2, 3), (0.5: clients 0, 1): the last three are 1, 2, 3.
+    noise = attack_code("noise")
+    np.testing.assert_array_equal(exp.data.poisoned[0], [noise, noise])
+    np.testing.assert_array_equal(exp.data.poisoned[1], [0, noise])
