@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--config.<field>=<value> ...]"
+USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--resume] [--config.<field>=<value> ...]"
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
@@ -60,9 +60,12 @@ def _run(args, overrides) -> int:
     from fedconv_jax.experiment import run_experiment
 
     try:
-        rows = run_experiment(config, Path(args.workdir), progress=not args.quiet)
-    except ValueError as err:  # data-level refusals (e.g. too many clients for the data set)
+        rows = run_experiment(config, Path(args.workdir), progress=not args.quiet, resume=args.resume)
+    except ValueError as err:  # data-level and resume refusals (CheckpointError is a ValueError)
         return _fail(str(err))
+    if not rows:
+        print(f"nothing to run: the checkpoint in {args.workdir} is already at round {config.rounds} or later")
+        return 0
     last = rows[-1]
     print(
         f"round {last['round']}: global_accuracy={last['global_accuracy']:.4f} "
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="path to a configs/<name>.py file")
     run.add_argument("--workdir", required=True, help="output directory (metrics.jsonl)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --workdir")
     data = sub.add_parser("data", help="import, prepare or describe data sets", usage=DATA_USAGE)
     data_sub = data.add_subparsers(dest="data_command", required=True)
     imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")

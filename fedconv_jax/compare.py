@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_collections
 from tqdm.auto import tqdm
 
+from fedconv_jax.checkpointing import checkpoint_dir
 from fedconv_jax.config import ALGORITHMS, ConfigError, validate
 
 CSV_FIELDS = (
@@ -95,8 +96,12 @@ def run_comparison(
             if is_finished(directory, config):
                 bar.update(config.rounds)
             else:
-                (directory / "metrics.jsonl").unlink(missing_ok=True)  # the run appends: start clean
-                run_experiment(config, directory, progress=False, on_row=lambda _row: bar.update(1))
+                # An interrupted combination continues from its checkpoint (the resume guards
+                # refuse a changed config); one without checkpoints starts clean.
+                resume = checkpoint_dir(directory).is_dir()
+                if not resume:
+                    (directory / "metrics.jsonl").unlink(missing_ok=True)
+                run_experiment(config, directory, progress=False, on_row=lambda _row: bar.update(1), resume=resume)
             summaries.append(summarize(algorithm, alpha, read_rows(directory)))
     finally:
         bar.close()

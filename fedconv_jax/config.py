@@ -23,10 +23,13 @@ from fedconv_jax.filters import (
     FilterConfig,
 )
 from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
+from fedconv_jax.participation import POISON_MODES
 from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
 from fedconv_jax.tuning import TuningConfig
 
 ALGORITHMS = ("fedconv", *BASELINES)
+MAX_INT = 2**31 - 1  # int32: seeds, counts and epochs all end up as device integers
+MAX_BATCH = 65536  # batch sizes pad every index list to a multiple of themselves
 CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
 
 
@@ -90,6 +93,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
     c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; fedconv only)
     c.client_costs = True  # per-client bytes, FLOPs and memory in every row (one compile per model width)
+    # --- checkpoints and resume (README, "Checkpoints and resume")
+    c.checkpoint_every = 1  # save the ServerState every this many rounds (and after the last); 0 = never
+    c.keep_checkpoints = 3  # newest complete checkpoints kept (older ones are deleted)
+    c.allow_config_change = False  # --resume may change rounds / phase_timing / checkpoint fields
+    # --- faults and attacks (README, "Faulty and poisoned clients")
+    c.dropout_rate = 0.0  # fraction of the clients dropped each round, drawn from (seed, round)
+    c.poisoned_clients = 0  # the last k clients (config order) upload poisoned models
+    c.poison_mode = "sign_flip"  # "sign_flip": received - scale * update; "noise": received + N(0, scale^2)
+    c.poison_scale = 1.0  # strength of the poisoning (see poison_mode)
     return c
 
 
@@ -122,7 +134,7 @@ def _parse_value(field: str, text: str, default):
             value = ast.literal_eval(text)
             return tuple(value) if isinstance(value, tuple | list) else (value,)
         return text
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         kind = type(default).__name__
         raise ConfigError(field, text, f"a value of type {kind}") from None
 
@@ -140,10 +152,10 @@ def _choice(config, field, allowed):
         raise ConfigError(field, config[field], "one of " + ", ".join(map(str, allowed)))
 
 
-def _positive_int(config, field, minimum=1):
+def _positive_int(config, field, minimum=1, maximum=MAX_INT):
     value = config[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(field, value, f"an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(field, value, f"an integer in [{minimum}, {maximum}]")
 
 
 def _number(config, field, low, high, low_open=False, high_open=False):
@@ -172,14 +184,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "aggregation_granularity", GRANULARITIES)
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
-    for field in ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs",
-                  "baseline_pretrain"):
+    _choice(config, "poison_mode", POISON_MODES)
+    bools = ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs",
+             "baseline_pretrain", "allow_config_change")
+    for field in bools:
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)
-    for field in ("rounds", "num_clients", "local_epochs", "batch_size", "client_chunk", "eval_chunk", "shards_per_client"):
+    for field in ("rounds", "num_clients", "local_epochs", "client_chunk", "eval_chunk", "shards_per_client"):
         _positive_int(config, field)
-    for field in ("pretrain_epochs", "compress_epochs", "dilate_epochs", "aggregate_epochs", "cosine_t_max"):
+    _positive_int(config, "batch_size", maximum=MAX_BATCH)
+    _positive_int(config, "keep_checkpoints")
+    for field in ("pretrain_epochs", "compress_epochs", "dilate_epochs", "aggregate_epochs", "cosine_t_max", "checkpoint_every"):
         _positive_int(config, field, minimum=0)
     for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
         _number(config, field, 0.0, 10.0, low_open=True)
@@ -187,9 +203,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, "kld_weight", 0.0, 1e6)
     _number(config, "holdout_fraction", 0.0, 1.0, low_open=True, high_open=True)
     _number(config, "alpha", 0.0, math.inf, low_open=True, high_open=True)
+    _number(config, "dropout_rate", 0.0, 1.0, high_open=True)
+    _number(config, "poison_scale", 0.0, 1e6, low_open=True)
     fractions = tuple(config.split_fractions)
-    if len(fractions) != 4 or any(not isinstance(f, int | float) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+    numbers = all(isinstance(f, int | float) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in fractions)
+    if len(fractions) != 4 or not numbers or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError("split_fractions", fractions, "4 positive numbers summing to 1")
+    _positive_int(config, "poisoned_clients", minimum=0)
+    if config.poisoned_clients > config.num_clients:
+        raise ConfigError("poisoned_clients", config.poisoned_clients, f"an integer in [0, num_clients={config.num_clients}]")
     ratios = tuple(config.shrink_ratios)
     if len(ratios) != config.num_clients:
         raise ConfigError("shrink_ratios", ratios, f"one SR per client ({config.num_clients} values)")
@@ -241,4 +263,6 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
         eval_chunk=config.eval_chunk,
+        dropout_rate=config.dropout_rate,
+        poison_scale=config.poison_scale,
     )

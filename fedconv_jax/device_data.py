@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedconv_jax.data import Dataset, FederatedSplit, pad_index_lists
+from fedconv_jax.participation import attack_code
 from fedconv_jax.round import RoundData
 from fedconv_jax.tuning import IndexSet
 
@@ -38,15 +39,21 @@ def make_round_data(
     batch_size: int,
     holdout_fraction: float,
     seed: int,
+    poisoned_clients: int = 0,
+    poison_mode: str = "sign_flip",
 ) -> RoundData:
     """Uploads the data set once and turns every party's indices into padded index lists.
 
     Each tier's lists are padded to that tier's capacity: its largest client, rounded up to
     a whole batch for training. Capacities are fixed for the run, so the round compiles once;
-    padded slots are masked out of every loss and count.
+    padded slots are masked out of every loss and count. The last
+    `poisoned_clients` client ids attack with `poison_mode` (data: the number of attackers
+    and the mode can change without a recompile).
     """
+    first_poisoned = len(split.client_train) - poisoned_clients
+    code = attack_code(poison_mode)
     tune_idx, holdout_idx = split_holdout(split.server_train, holdout_fraction, seed)
-    client_train, client_test, client_mask, num_samples = [], [], [], []
+    client_train, client_test, client_mask, num_samples, poisoned = [], [], [], [], []
     for members in tier_members:
         train = [split.client_train[i] for i in members]
         test = [split.client_test[i] for i in members]
@@ -56,6 +63,7 @@ def make_round_data(
         client_test.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
         client_mask.append(jnp.ones(len(members), bool))
         num_samples.append(jnp.asarray([len(x) for x in train], jnp.float32))
+        poisoned.append(jnp.asarray([code if i >= first_poisoned else 0 for i in members], jnp.int32))
     return RoundData(
         images=jnp.asarray(dataset.images),
         labels=jnp.asarray(dataset.labels),
@@ -66,4 +74,5 @@ def make_round_data(
         client_test=tuple(client_test),
         client_mask=tuple(client_mask),
         num_samples=tuple(num_samples),
+        poisoned=tuple(poisoned),
     )

@@ -1,6 +1,7 @@
 """From a validated config to a finished run: build, compile once, loop rounds, log rows."""
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from fedconv_jax import checkpointing
 from fedconv_jax.baselines import (
     BaselineState,
     init_baseline_state,
@@ -41,8 +43,12 @@ class Experiment:
     tier_members: tuple[tuple[int, ...], ...]
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    """Loads and splits the data, uploads it once, and initialises the server state."""
+def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = False) -> Experiment:
+    """Loads and splits the data, uploads it once, and initialises the server state.
+
+    With `abstract_state`, the state is only its shapes (`jax.eval_shape`): enough to restore
+    a checkpoint into, without paying for the initialisation.
+    """
     dataset = load_dataset(config.dataset, config.data_dir or None)
     split = split_federated(
         dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions),
@@ -55,12 +61,14 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,
         holdout_fraction=config.holdout_fraction, seed=config.seed,
+        poisoned_clients=config.poisoned_clients, poison_mode=config.poison_mode,
     )
     key = jax.random.key(config.seed)
     if config.algorithm == "fedconv":
-        state = init_server_state(round_config, key)
+        init = functools.partial(init_server_state, round_config, key)
     else:
-        state = init_baseline_state(config.algorithm, round_config, key)
+        init = functools.partial(init_baseline_state, config.algorithm, round_config, key)
+    state = jax.eval_shape(init) if abstract_state else init()
     return Experiment(config, round_config, data, state, members)
 
 
@@ -81,11 +89,43 @@ def time_phases(round_config: RoundConfig, state: ServerState, data: RoundData) 
 
     state = timed("pretrain", state, data)
     state, subs, _ = timed("compress", state, data)
-    trained, _ = timed("clients", state, data, subs)
+    trained, client_metrics = timed("clients", state, data, subs)
+    data = data._replace(client_mask=client_metrics["participating"])
     state, dilated, _ = timed("dilate", state, data, trained)
     state, _ = timed("aggregate", state, data, dilated)
     timed("evaluate", state, data)
     return {name: seconds[name] for name in PHASES}
+
+
+def _prepare_workdir(
+    exp: Experiment, workdir: Path, resume: bool, warn: Callable[[str], None]
+) -> tuple[ServerState, list[int]]:
+    """Resume guards; returns the state to start from and unusable checkpoint steps.
+
+    Read-only: every refusal happens before anything is written to the workdir.
+    """
+    config = exp.config
+    if not resume:
+        found = checkpointing.existing_run_files(workdir)
+        if found:
+            raise checkpointing.CheckpointError(
+                f"{workdir} already holds a run ({', '.join(found)}): pass --resume to continue it, or use a new --workdir"
+            )
+        return exp.state, []
+    latest = checkpointing.find_latest(workdir, exp.state, warn)
+    if latest is None:
+        warn(f"--resume: no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}; starting at round 1")
+        return init_server_state(exp.round_config, jax.random.key(config.seed)), []
+    state, meta, bad = latest
+    checkpointing.check_config_change(
+        meta["config"], checkpointing.jsonable_config(config), config.allow_config_change
+    )
+    if meta["data_digest"] != checkpointing.data_digest(exp.data):
+        raise checkpointing.CheckpointError(
+            f"--resume refused: the data set or its split differs from the checkpoint's (round {meta['round']})"
+        )
+    warn(f"resuming from the checkpoint of round {meta['round']}")
+    return state, bad
 
 
 def run_experiment(
@@ -93,12 +133,32 @@ def run_experiment(
     workdir: Path,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
+    resume: bool = False,
+    warn: Callable[[str], None] = checkpointing.stderr_warn,
 ) -> list[dict]:
-    """Runs `config.rounds` rounds, writing workdir/metrics.jsonl; returns the rows."""
-    exp = build_experiment(config)  # data-level refusals happen before anything is written
+    """Runs rounds up to `config.rounds`, writing workdir/metrics.jsonl; returns this call's rows.
+
+    With `resume`, continues from the newest intact checkpoint in `workdir/checkpoints`
+    (rows of later rounds are dropped from metrics.jsonl and recomputed, so every round
+    appears once). Without it, a workdir that already holds a run is refused.
+    """
+    exp = build_experiment(config, abstract_state=resume)  # data refusals come before any write
     workdir = Path(workdir)
+    state, bad_steps = _prepare_workdir(exp, workdir, resume, warn)
+    start_round = int(state.round)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
+    checkpointing.truncate_metrics(workdir / "metrics.jsonl", start_round, warn)
+    saver = None
+    if config.checkpoint_every > 0:
+        saver = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+        for step in bad_steps:  # or a later save of that round would be silently skipped
+            saver.delete(step)
+    meta = {
+        "config": checkpointing.jsonable_config(config),
+        "partition_seed": config.seed,
+        "data_digest": checkpointing.data_digest(exp.data),
+    }
     counter = CompileCounter()
     if config.algorithm == "fedconv":
         round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
@@ -113,18 +173,19 @@ def run_experiment(
         costs = client_costs(config.algorithm, exp.round_config, samples)
 
     phase_seconds = None
-    if config.phase_timing and config.algorithm == "fedconv":
-        phase_seconds = time_phases(exp.round_config, exp.state, exp.data)
+    if config.phase_timing and config.algorithm == "fedconv" and start_round < config.rounds:
+        phase_seconds = time_phases(exp.round_config, state, exp.data)
 
     with counter.counting():
         start = time.perf_counter()
-        compiled = round_fn.lower(exp.state, exp.data).compile()
+        compiled = round_fn.lower(state, exp.data).compile()
         compile_seconds = time.perf_counter() - start
 
     client_masks = tuple(np.asarray(m) for m in exp.data.client_mask)
-    rows, state = [], exp.state
+    rows = []
     writer = MetricsWriter(workdir / "metrics.jsonl")
-    bar = tqdm(range(1, config.rounds + 1), desc="rounds", unit="round", disable=not progress)
+    rounds = range(start_round + 1, config.rounds + 1)
+    bar = tqdm(rounds, desc="rounds", unit="round", disable=not progress, initial=start_round, total=config.rounds)
     try:
         for r in bar:
             with counter.counting():
@@ -145,9 +206,13 @@ def run_experiment(
             )
             row["compile_seconds"] = compile_seconds
             row["client_costs"] = costs
-            row["phase_seconds_source"] = "phase-separated run of round 1, compile excluded" if phases else None
+            row["phase_seconds_source"] = (
+                f"phase-separated run of round {start_round + 1}, compile excluded" if phases else None
+            )
             writer.write(row)
             rows.append(row)
+            if saver is not None and (r % config.checkpoint_every == 0 or r == config.rounds):
+                saver.save(state, meta)  # after the row: a checkpoint never runs ahead of metrics
             if on_row is not None:
                 on_row(row)
             bar.set_postfix(
@@ -157,4 +222,6 @@ def run_experiment(
     finally:
         writer.close()
         bar.close()
+        if saver is not None:
+            saver.close()
     return rows

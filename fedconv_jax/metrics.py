@@ -67,6 +67,10 @@ def round_row(
     per_tier = [np.asarray(a) for a in m.pop("client_accuracy")]
     counts = [np.asarray(c) for c in m.pop("client_test_count")]
     masks = [np.asarray(x) for x in client_masks]
+    participating = m.pop("participating", None)  # dropped / excluded clients do not count
+    if participating is not None:
+        masks = [k & np.asarray(p) for k, p in zip(masks, participating)]
+    dropped, excluded = (int(m.pop(k, 0)) for k in ("dropped_clients", "excluded_clients"))
     tier_accuracy = {
         f"{r:g}": _mean_over_clients(a, c, k) for r, a, c, k in zip(tier_ratios, per_tier, counts, masks)
     }
@@ -88,6 +92,9 @@ def round_row(
         "seconds": seconds,
         "phase_seconds": phase_seconds,
         "compiles": compiles,
+        "dropped_clients": dropped,
+        "excluded_clients": excluded,
+        "participating": [bool(x) for x in np.concatenate(masks)],
         "global_params_digest": digest,
         "details": details,
     }

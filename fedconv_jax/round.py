@@ -10,6 +10,7 @@ exposes them one by one so that a phase-separated run can time them.
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,6 +29,7 @@ from fedconv_jax.compression import compress, compress_batch_stats, init_compres
 from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
 from fedconv_jax.filters import FilterConfig
 from fedconv_jax.models import ModelSpec
+from fedconv_jax.participation import finite_mask, participation_mask, poison_uploads, select_clients
 from fedconv_jax.tuning import (
     IndexSet,
     TuningConfig,
@@ -64,6 +66,8 @@ class RoundConfig:
         server sets against the drift of repeated tuning (README, "Model selection").
       client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
       eval_chunk: examples per evaluation chunk (bounds activation memory).
+      dropout_rate: fraction of the present clients dropped each round (participation.py).
+      poison_scale: strength of the attacks flagged in `RoundData.poisoned`.
     """
 
     model: ModelSpec
@@ -86,6 +90,8 @@ class RoundConfig:
     client_parallelism: str = "vmap"
     client_chunk: int = 4
     eval_chunk: int = 1024
+    dropout_rate: float = 0.0
+    poison_scale: float = 1.0
 
     @property
     def num_clients(self) -> int:
@@ -107,6 +113,7 @@ class RoundData(NamedTuple):
     client_test: tuple[IndexSet, ...]  # (capacity, n_test_pad) per tier
     client_mask: tuple[jax.Array, ...]  # (capacity,) bool: which slots take part
     num_samples: tuple[jax.Array, ...]  # (capacity,) float32 training-set sizes n_j
+    poisoned: tuple[jax.Array, ...] = ()  # (capacity,) int32 attack codes (participation.py); ()=none
 
 
 @struct.dataclass
@@ -168,6 +175,38 @@ def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
 def _phase_key(state: ServerState, phase: str) -> PRNGKey:
     """Keys depend on (seed, round, phase) only, so fused and phase-separated runs agree."""
     return jax.random.fold_in(jax.random.fold_in(state.key, state.round), PHASES.index(phase))
+
+
+def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, subs, trained):
+    """Poisoning, then who takes part: present, not dropped, and a finite upload.
+
+    A non-finite upload is replaced by the model the client was sent, so that dilating it
+    stays finite; it is masked out of dilation and aggregation like a dropped client.
+    """
+    round_key = jax.random.fold_in(state.key, state.round)
+    key_part, key_poison = jax.random.split(jax.random.fold_in(round_key, len(PHASES)))
+    base = jnp.concatenate(data.client_mask)
+    present = participation_mask(key_part, base, cfg.dropout_rate)
+    screened, finite = [], []
+    for t, uploads in enumerate(trained):
+        if data.poisoned:
+            params = poison_uploads(
+                jax.random.fold_in(key_poison, t), subs[t]["params"], uploads["params"],
+                data.poisoned[t], cfg.poison_scale,
+            )
+            uploads = {**uploads, "params": params}
+        ok = finite_mask(uploads)
+        screened.append(select_clients(ok, uploads, subs[t]))
+        finite.append(ok)
+    finite = jnp.concatenate(finite)
+    keep = present & finite
+    participating = tuple(jnp.split(keep, list(itertools.accumulate(cfg.tier_capacity))[:-1]))
+    metrics = {
+        "participating": participating,
+        "dropped_clients": jnp.sum(base & ~present),
+        "excluded_clients": jnp.sum(present & ~finite),
+    }
+    return tuple(screened), metrics
 
 
 def _map_clients(cfg: RoundConfig, fn: Callable, *xs):
@@ -264,8 +303,9 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
             trained.append(out)
             accuracy.append(acc)
             test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
-        metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts)}
-        return tuple(trained), metrics
+        trained, screen_metrics = _screen_uploads(cfg, state, data, subs, trained)
+        metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts), **screen_metrics}
+        return trained, metrics
 
     def dilate_phase(state: ServerState, data: RoundData, trained: tuple[Variables, ...]):
         gv = state.global_vars
@@ -336,6 +376,11 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
             apply_at(1.0), {"params": params, "batch_stats": stats},
             data.images, data.server_train, cfg.local_batch_size,
         )
+        anyone = jnp.any(mask)  # no usable upload at all: keep the previous model and weights
+        new_vars, weights, agg_opt = jax.tree.map(
+            lambda a, b: jnp.where(anyone, a, b),
+            (new_vars, weights, agg_opt), (previous, state.agg_weights, state.agg_opt),
+        )
         if cfg.keep_best_global:
             holdout = lambda v: evaluate(logits_at(1.0, v), data.images, data.labels, data.server_holdout)[1]
             accept = holdout(new_vars) <= holdout(previous)
@@ -364,6 +409,7 @@ def run_phases(phases: dict[str, Callable], state: ServerState, data: RoundData)
     state = phases["pretrain"](state, data)
     state, subs, metrics = phases["compress"](state, data)
     trained, client_metrics = phases["clients"](state, data, subs)
+    data = data._replace(client_mask=client_metrics["participating"])  # this round's participants
     state, dilated, dilate_metrics = phases["dilate"](state, data, trained)
     state, agg_metrics = phases["aggregate"](state, data, dilated)
     eval_metrics = phases["evaluate"](state, data)

@@ -1,0 +1,88 @@
+"""Who takes part in a round: seeded client dropout, non-finite uploads, poisoned uploads.
+
+Pure functions used inside the compiled round (FedConv's and the baselines'). Clients sit in
+fixed slots with masks, so a different participant set each round is a different mask, never
+a different program.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from fedconv_jax.types import Params, PRNGKey
+
+POISON_MODES = ("sign_flip", "noise")
+
+
+def participation_mask(key: PRNGKey, base_mask: jax.Array, dropout_rate: float) -> jax.Array:
+    """Drops floor(dropout_rate * n_present) of the present clients, uniformly at random.
+
+    Args:
+      key: the round's participation key (derive it from (seed, round) for reproducibility).
+      base_mask: (clients,) bool, the slots that hold a client.
+      dropout_rate: static fraction in [0, 1); 0 returns `base_mask` unchanged.
+
+    Returns:
+      (clients,) bool: a subset of `base_mask`; at least one client stays when any is present.
+    """
+    if dropout_rate == 0.0:
+        return base_mask
+    n_present = jnp.sum(base_mask)
+    # The small slack keeps e.g. 0.7 * 10 from flooring to 6 in float32.
+    n_drop = jnp.floor(dropout_rate * n_present + 1e-4).astype(jnp.int32)
+    scores = jnp.where(base_mask, jax.random.uniform(key, base_mask.shape), 2.0)
+    rank = jnp.argsort(jnp.argsort(scores))  # present clients take ranks 0..n_present-1
+    return base_mask & (rank >= n_drop)
+
+
+def finite_mask(stacked: Params) -> jax.Array:
+    """(clients,) bool: True where every floating leaf of the client's slice is finite."""
+    leaves = [x for x in jax.tree.leaves(stacked) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        raise ValueError("finite_mask needs at least one floating-point leaf")
+    ok = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in leaves]
+    return functools.reduce(jnp.logical_and, ok)
+
+
+def select_clients(mask: jax.Array, stacked: Params, fallback: Params) -> Params:
+    """Per client slot: `stacked` where mask, else `fallback` (stacked, or one unstacked copy)."""
+
+    def pick(a, b):
+        return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, stacked, fallback)
+
+
+def attack_code(mode: str) -> int:
+    """The per-client attack code of a poison mode (0 means an honest client)."""
+    if mode not in POISON_MODES:
+        raise ValueError(f"poison_mode={mode!r} is not known; allowed: {', '.join(POISON_MODES)}")
+    return POISON_MODES.index(mode) + 1
+
+
+def poison_uploads(key: PRNGKey, received: Params, trained: Params, attack: jax.Array, scale: float) -> Params:
+    """Replaces the uploads of attacking clients (model poisoning).
+
+    The attack is data, not a static setting, so the number of attackers and their mode can
+    change without a recompile.
+
+    Args:
+      key: randomness for "noise".
+      received: the parameters the clients were sent (no client axis).
+      trained: the clients' trained parameters, stacked along a leading client axis.
+      attack: (clients,) int codes: 0 honest, `attack_code("sign_flip")`: upload
+        received - scale * (trained - received), the update reversed; `attack_code("noise")`:
+        upload received + scale * N(0, 1) per element, the update replaced by noise.
+      scale: attack strength.
+    """
+    leaves, treedef = jax.tree.flatten(trained)
+    keys = jax.random.split(key, len(leaves))
+    noise = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    flipped = jax.tree.map(lambda t, r: r - scale * (t - r), trained, received)
+    noisy = jax.tree.map(lambda r, n: r + scale * n, received, noise)
+    out = select_clients(attack == attack_code("sign_flip"), flipped, trained)
+    return select_clients(attack == attack_code("noise"), noisy, out)
+
+
+__all__ = ["POISON_MODES", "attack_code", "finite_mask", "participation_mask", "poison_uploads", "select_clients"]
