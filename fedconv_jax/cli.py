@@ -38,6 +38,10 @@ def _run(args, overrides) -> int:
     try:
         config = load_config(args.config)
         apply_overrides(config, overrides)
+        if isinstance(config.get("devices"), int):
+            from fedconv_jax.sharding import request_cpu_devices
+
+            request_cpu_devices(config.devices)  # before JAX starts: N XLA:CPU devices
         validate(config)
     except ConfigError as err:
         return _fail(str(err))

@@ -10,6 +10,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
@@ -76,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
     c.client_parallelism = "vmap"  # clients of a tier: "vmap" or "map" (lax.map in chunks)
     c.client_chunk = 4  # clients per lax.map chunk when client_parallelism="map"
+    c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
     c.phase_timing = True  # time each phase once in a phase-separated run (extra compile)
     return c
@@ -166,6 +168,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, field, minimum=0)
     for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
         _number(config, field, 0.0, 10.0, low_open=True)
+    _positive_int(config, "devices")
+    if config.devices > jax.device_count():
+        raise ConfigError("devices", config.devices, f"an integer in [1, {jax.device_count()}] (jax.device_count())")
     _number(config, "filter_lr_min", 0.0, config.filter_lr)
     _number(config, "kld_weight", 0.0, 1e6)
     _number(config, "holdout_fraction", 0.0, 1.0, low_open=True, high_open=True)
@@ -223,5 +228,6 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
         kld_weight=config.kld_weight,
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
+        devices=config.devices,
         eval_chunk=config.eval_chunk,
     )

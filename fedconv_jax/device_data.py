@@ -38,24 +38,32 @@ def make_round_data(
     batch_size: int,
     holdout_fraction: float,
     seed: int,
+    tier_capacity: Sequence[int] | None = None,
 ) -> RoundData:
     """Uploads the data set once and turns every party's indices into padded index lists.
 
     All client training lists share one capacity (the largest client, rounded up to a whole
-    batch) so that every tier's local training has the same number of steps.
+    batch) so that every tier's local training has the same number of steps. A tier with a
+    `tier_capacity` above its member count gets empty, masked-out slots after its members
+    (e.g. to fill every device of a mesh).
     """
+    tier_capacity = tier_capacity or [len(m) for m in tier_members]
     tune_idx, holdout_idx = split_holdout(split.server_train, holdout_fraction, seed)
     train_cap = max(len(x) for x in split.client_train)
     train_cap = -(-train_cap // batch_size) * batch_size
     test_cap = max(1, max(len(x) for x in split.client_test))
     client_train, client_test, client_mask, num_samples = [], [], [], []
-    for members in tier_members:
-        idx, mask = pad_index_lists([split.client_train[i] for i in members], capacity=train_cap)
+    for members, capacity in zip(tier_members, tier_capacity):
+        if capacity < len(members):
+            raise ValueError(f"tier_capacity={capacity} is below the tier's {len(members)} clients")
+        empty = [np.zeros(0, np.int64)] * (capacity - len(members))
+        idx, mask = pad_index_lists([split.client_train[i] for i in members] + empty, capacity=train_cap)
         client_train.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
-        idx, mask = pad_index_lists([split.client_test[i] for i in members], capacity=test_cap)
+        idx, mask = pad_index_lists([split.client_test[i] for i in members] + empty, capacity=test_cap)
         client_test.append(IndexSet(jnp.asarray(idx), jnp.asarray(mask)))
-        client_mask.append(jnp.ones(len(members), bool))
-        num_samples.append(jnp.asarray([len(split.client_train[i]) for i in members], jnp.float32))
+        client_mask.append(jnp.asarray(np.arange(capacity) < len(members)))
+        sizes = [len(split.client_train[i]) for i in members] + [0] * len(empty)
+        num_samples.append(jnp.asarray(sizes, jnp.float32))
     return RoundData(
         images=jnp.asarray(dataset.images),
         labels=jnp.asarray(dataset.labels),

@@ -24,6 +24,7 @@ from fedconv_jax.round import (
     make_phases,
     make_round_fn,
 )
+from fedconv_jax.sharding import jit_round, make_client_mesh, padded_capacity, shard_round_inputs
 
 
 @dataclasses.dataclass
@@ -42,14 +43,14 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions)
     )
     ratios, members = group_tiers(config.shrink_ratios)
-    round_config = make_round_config(
-        config, ratios, tuple(map(len, members)), dataset.num_classes, dataset.images.shape[1:]
-    )
+    capacity = tuple(padded_capacity(len(m), config.devices) for m in members)
+    round_config = make_round_config(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,
-        holdout_fraction=config.holdout_fraction, seed=config.seed,
+        holdout_fraction=config.holdout_fraction, seed=config.seed, tier_capacity=capacity,
     )
     state = init_server_state(round_config, jax.random.key(config.seed))
+    state, data = shard_round_inputs(make_client_mesh(config.devices), state, data)
     return Experiment(config, round_config, data, state, members)
 
 
@@ -89,7 +90,7 @@ def run_experiment(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
     counter = CompileCounter()
-    round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
+    round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(config.devices), exp.state, exp.data)
 
     phase_seconds = None
     if config.phase_timing:

@@ -28,6 +28,7 @@ from fedconv_jax.compression import compress, compress_batch_stats, init_compres
 from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
 from fedconv_jax.filters import FilterConfig
 from fedconv_jax.models import ModelSpec
+from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
 from fedconv_jax.tuning import (
     IndexSet,
     TuningConfig,
@@ -63,6 +64,8 @@ class RoundConfig:
         aggregate) has the lower cross-entropy on the held-out slice of D; guards small
         server sets against the drift of repeated tuning (README, "Model selection").
       client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
+      devices: devices the client axis is sharded over (sharding.py); every tier capacity
+        must be a multiple of it.
       eval_chunk: examples per evaluation chunk (bounds activation memory).
     """
 
@@ -85,6 +88,7 @@ class RoundConfig:
     keep_best_global: bool = False
     client_parallelism: str = "vmap"
     client_chunk: int = 4
+    devices: int = 1
     eval_chunk: int = 1024
 
     @property
@@ -170,10 +174,22 @@ def _phase_key(state: ServerState, phase: str) -> PRNGKey:
     return jax.random.fold_in(jax.random.fold_in(state.key, state.round), PHASES.index(phase))
 
 
-def _map_clients(cfg: RoundConfig, fn: Callable, *xs):
-    if cfg.client_parallelism == "vmap":
-        return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda args: fn(*args), xs, batch_size=cfg.client_chunk)
+def _map_clients(cfg: RoundConfig, fn: Callable, shared, *xs):
+    """fn(shared, *one_client_slices) over the leading client axis of `xs`.
+
+    `shared` (the data set, a tier's model) is passed, not closed over, so that with several
+    devices it can enter `shard_map` as a replicated input.
+    """
+
+    def local_map(shared, *xs):
+        one = functools.partial(fn, shared)
+        if cfg.client_parallelism == "vmap":
+            return jax.vmap(one)(*xs)
+        return jax.lax.map(lambda args: one(*args), xs, batch_size=cfg.client_chunk)
+
+    if cfg.devices == 1:
+        return local_map(shared, *xs)
+    return map_clients_sharded(make_client_mesh(cfg.devices), local_map, shared, *xs)
 
 
 def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:
@@ -254,15 +270,17 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
         for t, ratio in enumerate(cfg.tier_ratios):
             keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
 
-            def one_client(train_set, test_set, k, ratio=ratio, sub=subs[t]):
+            def one_client(shared, train_set, test_set, k, ratio=ratio):
+                sub, images, labels = shared
                 out = local_train(
-                    apply_at(ratio), sub, data.images, data.labels, train_set, k,
+                    apply_at(ratio), sub, images, labels, train_set, k,
                     epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
                 )
-                acc, _ = evaluate(logits_at(ratio, out), data.images, data.labels, test_set, cfg.eval_chunk)
+                acc, _ = evaluate(logits_at(ratio, out), images, labels, test_set, cfg.eval_chunk)
                 return out, acc
 
-            out, acc = _map_clients(cfg, one_client, data.client_train[t], data.client_test[t], keys)
+            shared = (subs[t], data.images, data.labels)
+            out, acc = _map_clients(cfg, one_client, shared, data.client_train[t], data.client_test[t], keys)
             trained.append(out)
             accuracy.append(acc)
             test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
@@ -281,22 +299,23 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
                 continue
             keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
 
-            def one_client(client_vars, f, opt, k):
-                stats = dilate_batch_stats(client_vars["batch_stats"], gv["batch_stats"])
+            def one_client(shared, client_vars, f, opt, k):
+                global_stats, images, labels, server_train, server_holdout = shared
+                stats = dilate_batch_stats(client_vars["batch_stats"], global_stats)
 
                 def big_logits(filt, x):
                     big = {"params": dilate(client_vars["params"], filt, cfg.filters), "batch_stats": stats}
                     return model.apply(1.0, big, x)[0]
 
                 result = tune(
-                    big_logits, f, opt, data.images, data.labels, data.server_train,
-                    data.server_holdout, k, cfg.dilate,
+                    big_logits, f, opt, images, labels, server_train, server_holdout, k, cfg.dilate,
                 )
                 big = {"params": dilate(client_vars["params"], result.params, cfg.filters), "batch_stats": stats}
                 return big, result.params, result.opt_state, result.holdout_accuracy
 
+            shared = (gv["batch_stats"], data.images, data.labels, data.server_train, data.server_holdout)
             big, f, opt, acc = _map_clients(
-                cfg, one_client, trained[t], state.dilation[t], state.dilation_opt[t], keys
+                cfg, one_client, shared, trained[t], state.dilation[t], state.dilation_opt[t], keys
             )
             mask = data.client_mask[t]
             dilated.append(big)
