@@ -14,7 +14,13 @@ import jax
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
-from fedconv_jax.filters import FILTER_IMPLS, FILTER_INITS, PRE_PROJECTIONS, RESIDUALS, FilterConfig
+from fedconv_jax.filters import (
+    FILTER_IMPLS,
+    FILTER_INITS,
+    PRE_PROJECTIONS,
+    RESIDUALS,
+    FilterConfig,
+)
 from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
 from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
 from fedconv_jax.tuning import TuningConfig
@@ -77,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
     c.client_parallelism = "vmap"  # clients of a tier: "vmap" or "map" (lax.map in chunks)
     c.client_chunk = 4  # clients per lax.map chunk when client_parallelism="map"
+    c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
     c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
     c.phase_timing = True  # time each phase once in a phase-separated run (extra compile)
@@ -169,6 +176,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
         _number(config, field, 0.0, 10.0, low_open=True)
     _positive_int(config, "devices")
+    _positive_int(config, "clients_per_round", minimum=0)
+    if config.clients_per_round > config.num_clients:
+        raise ConfigError("clients_per_round", config.clients_per_round, f"an integer in [0, num_clients={config.num_clients}]")
     if config.devices > jax.device_count():
         raise ConfigError("devices", config.devices, f"an integer in [1, {jax.device_count()}] (jax.device_count())")
     _number(config, "filter_lr_min", 0.0, config.filter_lr)
@@ -229,5 +239,6 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
         devices=config.devices,
+        clients_per_round=config.clients_per_round,
         eval_chunk=config.eval_chunk,
     )

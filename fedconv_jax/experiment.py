@@ -24,7 +24,12 @@ from fedconv_jax.round import (
     make_phases,
     make_round_fn,
 )
-from fedconv_jax.sharding import jit_round, make_client_mesh, padded_capacity, shard_round_inputs
+from fedconv_jax.sharding import (
+    jit_round,
+    make_client_mesh,
+    padded_capacity,
+    shard_round_inputs,
+)
 
 
 @dataclasses.dataclass

@@ -24,10 +24,15 @@ from fedconv_jax.aggregation import (
     weighted_average,
 )
 from fedconv_jax.client import local_train
-from fedconv_jax.compression import compress, compress_batch_stats, init_compression_filters
+from fedconv_jax.compression import (
+    compress,
+    compress_batch_stats,
+    init_compression_filters,
+)
 from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
 from fedconv_jax.filters import FilterConfig
 from fedconv_jax.models import ModelSpec
+from fedconv_jax.sampling import sample_clients
 from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
 from fedconv_jax.tuning import (
     IndexSet,
@@ -66,6 +71,7 @@ class RoundConfig:
       client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
       devices: devices the client axis is sharded over (sharding.py); every tier capacity
         must be a multiple of it.
+      clients_per_round: clients drawn per round (sampling.py); 0 = all.
       eval_chunk: examples per evaluation chunk (bounds activation memory).
     """
 
@@ -89,6 +95,7 @@ class RoundConfig:
     client_parallelism: str = "vmap"
     client_chunk: int = 4
     devices: int = 1
+    clients_per_round: int = 0
     eval_chunk: int = 1024
 
     @property
@@ -364,6 +371,11 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
             metrics["aggregate/accepted"] = accept
         return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), metrics
 
+    def sample_phase(state: ServerState, data: RoundData) -> RoundData:
+        """This round's participants: `clients_per_round` of the present clients (or all)."""
+        mask = sample_clients(state.key, state.round, data.client_mask, cfg.clients_per_round)
+        return data._replace(client_mask=mask)
+
     def evaluate_phase(state: ServerState, data: RoundData) -> Metrics:
         acc, loss = evaluate(
             logits_at(1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
@@ -377,11 +389,13 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
         "dilate": dilate_phase,
         "aggregate": aggregate_phase,
         "evaluate": evaluate_phase,
+        "sample": sample_phase,
     }
 
 
 def run_phases(phases: dict[str, Callable], state: ServerState, data: RoundData):
     """Chains the phases into one round: (state, data) -> (next state, metrics)."""
+    data = phases["sample"](state, data)  # the one place the round's client mask is set
     state = phases["pretrain"](state, data)
     state, subs, metrics = phases["compress"](state, data)
     trained, client_metrics = phases["clients"](state, data, subs)
@@ -389,6 +403,7 @@ def run_phases(phases: dict[str, Callable], state: ServerState, data: RoundData)
     state, agg_metrics = phases["aggregate"](state, data, dilated)
     eval_metrics = phases["evaluate"](state, data)
     metrics = {**metrics, **client_metrics, **dilate_metrics, **agg_metrics, **eval_metrics}
+    metrics["participants"] = jnp.concatenate(data.client_mask)  # tier-major slots that took part
     return state.replace(round=state.round + 1), metrics
 
 
