@@ -92,8 +92,8 @@ class RoundConfig:
     aggregation_normalize: bool = True
     kld_weight: float = 0.2
     keep_best_global: bool = False
-    client_parallelism: str = "vmap"
-    client_chunk: int = 4
+    client_parallelism: str = "map"
+    client_chunk: int = 1
     devices: int = 1
     clients_per_round: int = 0
     eval_chunk: int = 1024
