@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=20_000, help="synthetic set size")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--strategies", nargs="+", default=None)
+    parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="K=4, n=320, 3 repeats")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/...)")
@@ -230,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
             if not torch_peer.available():
                 print("torch not importable: torch column is nan", flush=True)
                 continue
+            if args.torch_threads:
+                import torch
+
+                torch.set_num_threads(args.torch_threads)  # oversubscribed cores: OpenMP spin-waits
             run = torch_peer.make_runner(
                 np.asarray(images), np.asarray(labels), np.asarray(data.idx), args.epochs, args.batch, args.lr
             )
