@@ -1,40 +1,36 @@
-"""Client-training throughput: the compiled round's clients phase vs a Python step loop.
+"""Target 1: client-training throughput of the compiled round vs PyTorch eager and a step loop.
 
-Measures client-steps per second of local training of the paper's MNIST CNN (batch 32,
-Adam 1e-3) on synthetic MNIST-shaped data held on the device, in two ways that do the same
-math:
+Client training of the paper's MNIST CNN (batch 32, Adam 1e-3) on synthetic MNIST-shaped
+data held on the device, K clients x n samples x E epochs, done five ways in ONE process
+with interleaved repeats (so machine load hits all alike):
 
-* compiled: K clients, each a padded `IndexSet` of n samples, trained for E epochs by
-  `fedconv_jax.client.local_train` under `jax.jit(jax.vmap(...))` ("vmap") or
-  `jax.jit(lax.map(..., batch_size=chunk))` ("map"), exactly as round.py's clients phase
-  calls it. Compilation is timed separately (AOT `lower().compile()`); the calls after it
-  are timed.
-* loop: one jitted Adam step (same masked cross-entropy, same model apply, same batch
-  gathers from the device arrays, same all-padding guard) called from Python over clients,
-  epochs and batches, with the same shuffles (`shuffled_batches`, jitted) and keys; blocks
-  once at the end. The first call (which compiles) is a warm-up; the calls after it are
-  timed, and "compile s" is the first call's excess over their median.
+* ``map`` / ``vmap``: `fedconv_jax.client.local_train` over clients under one jit, as the
+  round's clients phase runs it (`lax.map` with batch_size ``--chunk``, or `vmap`);
+* ``map@D``: the same with the client axis sharded over D XLA:CPU devices (shard_map, as
+  the round does with ``--config.devices=D``; one device per core);
+* ``loop``: one jitted Adam step called from Python per batch (same math and shuffles);
+* ``torch``: PyTorch eager, the same model and steps (benchmarks/torch_peer.py; ``nan``
+  where torch is not importable).
 
-Each reported time is the median of up to `--repeats` calls; a configuration stops
-repeating once its timed calls have used `--budget-s` seconds (slow ones get one call).
-Both are run for conv_impl "im2col" and "lax". A client-step is one batch of one client:
-K * E * ceil(n / 32) per call. The loop's final parameters are checked against the
-compiled ones (max abs difference is reported).
+FLOPs per client-step are counted analytically (forward MACs x 2, backward twice the
+forward except the first conv, whose input gradient is not needed) and compared with an
+fp32 2048x2048 matmul timed in the same run. Compilation is excluded (AOT compile, or one
+warm-up call). Each reported time is the median over ``--repeats`` interleaved calls.
 
 Usage (from the repository root)::
 
-    python benchmarks/round_throughput.py
-    python benchmarks/round_throughput.py --quick   # K=4, n=320, 1 repeat; < 1 minute
+    python benchmarks/round_throughput.py           # K=8, n=640, 5 repeats
+    python benchmarks/round_throughput.py --quick   # K=4, n=320, 3 repeats; < 1 minute
 
-Results go to benchmarks/results/round_throughput.json (round_throughput_quick.json with
-`--quick`) unless `--out` is given. The last printed line is
-`compiled_vs_loop_im2col=<x> compiled_vs_loop_lax=<y>`: the best compiled strategy's
-throughput over the loop's, per conv_impl.
+Writes benchmarks/results/round_throughput{,_quick}.json. The last line is
+``speedup_vs_pytorch=<x> speedup_vs_loop=<y> matmul_fraction=<z>`` for the best compiled
+strategy.
 """
 
 import argparse
 import functools
 import json
+import math
 import os
 import pathlib
 import platform
@@ -43,16 +39,22 @@ import sys
 import time
 
 import jax
+
+jax.config.update("jax_num_cpu_devices", max(2, os.cpu_count() or 1))  # before JAX starts
+
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import torch_peer
+
 from fedconv_jax.client import local_train
 from fedconv_jax.models.zoo import make_model
+from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
 from fedconv_jax.tuning import IndexSet, masked_cross_entropy, shuffled_batches
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-CONV_IMPLS = ("im2col", "lax")
 
 
 def synthetic_data(key, n_images: int) -> tuple[jax.Array, jax.Array]:
@@ -76,54 +78,7 @@ def client_index_sets(
     return IndexSet(jnp.asarray(idx), jnp.asarray(mask))
 
 
-def timed_calls(fn, repeats: int, budget_s: float) -> tuple[list[float], object]:
-    """Up to `repeats` timed calls, stopping early once they have used `budget_s` seconds.
-
-    Returns the seconds of each call and the last call's output.
-    """
-    times, out = [], None
-    while len(times) < repeats and sum(times) < budget_s:
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return times, out
-
-
-def bench_compiled(
-    model, variables, images, labels, data, keys, args, strategy: str
-) -> tuple[dict, dict]:
-    """vmap / lax.map over clients of `local_train`, jitted as one program."""
-    apply_fn = functools.partial(model.apply, 1.0)  # as round.py's `apply_at(1.0)`
-
-    def run(variables, images, labels, data, keys):
-        def one_client(train_set, k):
-            return local_train(
-                apply_fn,
-                variables,
-                images,
-                labels,
-                train_set,
-                k,
-                epochs=args.epochs,
-                batch_size=args.batch,
-                lr=args.lr,
-            )
-
-        if strategy == "vmap":
-            return jax.vmap(one_client)(data, keys)
-        return jax.lax.map(
-            lambda a: one_client(*a), (data, keys), batch_size=args.chunk
-        )
-
-    inputs = (variables, images, labels, data, keys)
-    start = time.perf_counter()
-    compiled = jax.jit(run).lower(*inputs).compile()
-    compile_s = time.perf_counter() - start
-    times, out = timed_calls(lambda: compiled(*inputs), args.repeats, args.budget_s)
-    return {"compile_s": compile_s, "times_s": times}, out
-
-
-def bench_loop(model, variables, images, labels, data, keys, args) -> tuple[dict, list]:
+def make_loop(model, variables, images, labels, data, keys, args):
     """Python loop over clients, epochs and batches of one jitted Adam step."""
     optimizer = optax.adam(args.lr)
 
@@ -169,16 +124,7 @@ def bench_loop(model, variables, images, labels, data, keys, args) -> tuple[dict
             results.append({"params": carry[0], "batch_stats": carry[1]})
         return results
 
-    start = time.perf_counter()
-    jax.block_until_ready(run())  # compiles the step, then runs once (warm-up)
-    first_s = time.perf_counter() - start
-    times, out = timed_calls(run, args.repeats, args.budget_s)
-    compile_s = max(first_s - statistics.median(times), 0.0)
-    return {
-        "compile_s": compile_s,
-        "times_s": times,
-        "compile_note": "first - median",
-    }, out
+    return run
 
 
 def max_abs_diff(stacked, per_client: list) -> float:
@@ -191,6 +137,57 @@ def max_abs_diff(stacked, per_client: list) -> float:
     return max(diffs)
 
 
+
+def make_compiled(model, variables, images, labels, data, keys, args, strategy: str):
+    """`local_train` over clients under one jit: "vmap", "map" or "map@D" (D devices)."""
+    apply_fn = functools.partial(model.apply, 1.0)  # as round.py's `apply_at(1.0)`
+
+    def one_client(shared, train_set, k):
+        variables, images, labels = shared
+        return local_train(
+            apply_fn, variables, images, labels, train_set, k, epochs=args.epochs, batch_size=args.batch, lr=args.lr
+        )
+
+    def local_map(shared, data, keys):
+        one = functools.partial(one_client, shared)
+        if strategy == "vmap":
+            return jax.vmap(one)(data, keys)
+        return jax.lax.map(lambda a: one(*a), (data, keys), batch_size=args.chunk)
+
+    shared = (variables, images, labels)
+    if "@" in strategy:
+        mesh = make_client_mesh(int(strategy.split("@")[1]))
+
+        def run(shared, data, keys):
+            return map_clients_sharded(mesh, local_map, shared, data, keys)
+    else:
+        run = local_map
+    compiled = jax.jit(run).lower(shared, data, keys).compile()
+    return lambda: compiled(shared, data, keys)
+
+
+def step_flops(batch: int, height: int = 28, width: int = 28, widths=(16, 32), classes: int = 10) -> float:
+    """Analytic FLOPs of one training step (forward + backward, 1 FLOP = 1 add or mul)."""
+    conv1 = height * width * 9 * 1 * widths[0]
+    conv2 = (height // 2) * (width // 2) * 9 * widths[0] * widths[1]
+    dense = (height // 4) * (width // 4) * widths[1] * classes
+    forward = conv1 + conv2 + dense
+    backward = conv1 + 2 * (conv2 + dense)  # weight grads everywhere, input grads not for conv1
+    return 2.0 * batch * (forward + backward)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8, help="K clients (all SR 1.0)")
@@ -198,23 +195,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=1, help="E local epochs")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--chunk", type=int, default=4, help="lax.map batch_size")
+    parser.add_argument("--chunk", type=int, default=1, help="lax.map batch_size")
+    parser.add_argument("--devices", type=int, default=2, help="D of the sharded strategy")
     parser.add_argument("--images", type=int, default=20_000, help="synthetic set size")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--budget-s", type=float, default=30.0, help="stop repeating after this long"
-    )
-    parser.add_argument("--conv-impls", nargs="+", default=list(CONV_IMPLS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--strategies", nargs="+", default=None)
+    parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick", action="store_true", help="K=4, n=320, 1 repeat, chunk 2"
-    )
+    parser.add_argument("--quick", action="store_true", help="K=4, n=320, 3 repeats")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.samples, args.repeats, args.chunk = 4, 320, 1, 2
-    suffix = "_quick" if args.quick else ""
-    out_path = pathlib.Path(args.out or RESULTS / f"round_throughput{suffix}.json")
+        args.clients, args.samples, args.repeats = 4, 320, 3
+    strategies = args.strategies or ["map", "vmap", f"map@{args.devices}", "loop", "torch"]
+    out_path = pathlib.Path(args.out or RESULTS / f"round_throughput{'_quick' if args.quick else ''}.json")
     t0 = time.perf_counter()
     load_start = os.getloadavg()
 
@@ -225,103 +219,119 @@ def main(argv: list[str] | None = None) -> dict:
     keys = jax.random.split(jax.random.fold_in(key, 1), args.clients)
     steps_per_epoch = data.idx.shape[1] // args.batch
     client_steps = args.clients * args.epochs * steps_per_epoch
+    flops = step_flops(args.batch)
+    model = make_model("cnn", 10, (28, 28, 1), "im2col")
+    variables = model.init(jax.random.fold_in(key, 2))
+    inputs = (model, variables, images, labels, data, keys)
 
-    rows, agreement = [], {}
-    for impl in args.conv_impls:
-        model = make_model("cnn", 10, (28, 28, 1), impl)
-        variables = model.init(jax.random.fold_in(key, 2))
-        inputs = (model, variables, images, labels, data, keys)
-        outs = {}
-        for strategy in ("vmap", "map", "loop"):
-            if strategy == "loop":
-                res, outs[strategy] = bench_loop(*inputs, args)
-            else:
-                res, outs[strategy] = bench_compiled(*inputs, args, strategy)
-            sec = statistics.median(res["times_s"])
-            row = {
-                "strategy": strategy,
-                "conv_impl": impl,
-                "client_steps": client_steps,
-                "seconds": sec,
-                "client_steps_per_s": client_steps / sec,
-                "ms_per_client_step": 1e3 * sec / client_steps,
-                "calls": len(res["times_s"]),
-                **res,
-            }
-            rows.append(row)
-            print(
-                f"{strategy:>4} {impl:>6}: {row['client_steps_per_s']:8.1f} steps/s"
-                f" ({sec:.2f} s/call, compile {res['compile_s']:.1f} s)",
-                flush=True,
+    runners, compile_s, outs = {}, {}, {}
+    for strategy in strategies:
+        start = time.perf_counter()
+        if strategy == "torch":
+            if not torch_peer.available():
+                print("torch not importable: torch column is nan", flush=True)
+                continue
+            if args.torch_threads:
+                import torch
+
+                torch.set_num_threads(args.torch_threads)  # oversubscribed cores: OpenMP spin-waits
+            run = torch_peer.make_runner(
+                np.asarray(images), np.asarray(labels), np.asarray(data.idx), args.epochs, args.batch, args.lr
             )
-        agreement[impl] = {
-            s: max_abs_diff(outs[s]["params"], [o["params"] for o in outs["loop"]])
-            for s in ("vmap", "map")
-        }
+            run()  # warm-up
+            runners[strategy] = run
+        else:
+            fn = make_loop(*inputs, args) if strategy == "loop" else make_compiled(*inputs, args, strategy)
+            outs[strategy] = jax.block_until_ready(fn())  # compile (AOT or first call) + warm-up
 
-    def rate(strategy, impl):
-        return next(
-            r["client_steps_per_s"]
-            for r in rows
-            if r["strategy"] == strategy and r["conv_impl"] == impl
-        )
+            def timed(fn=fn):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                return time.perf_counter() - start
 
-    ratios = {}
-    for impl in args.conv_impls:
-        best = max(("vmap", "map"), key=lambda s: rate(s, impl))
-        ratios[impl] = {
-            "best_compiled": best,
-            "compiled_vs_loop": rate(best, impl) / rate("loop", impl),
-            "vmap_vs_loop": rate("vmap", impl) / rate("loop", impl),
-            "map_vs_loop": rate("map", impl) / rate("loop", impl),
-        }
+            runners[strategy] = timed
+        compile_s[strategy] = time.perf_counter() - start
+        print(f"ready {strategy} ({compile_s[strategy]:.1f} s incl. compile + warm-up)", flush=True)
+
+    rate = matmul_gflops()
+    times = {s: [] for s in runners}
+    for _ in range(args.repeats):  # interleaved: load drifts hit every strategy alike
+        for strategy, run in runners.items():
+            times[strategy].append(run())
+    rate_end = matmul_gflops()
+    matmul_rate = max(rate, rate_end)
+
+    rows = []
+    for strategy in strategies:
+        sec = statistics.median(times[strategy]) if strategy in times else math.nan
+        steps_per_s = client_steps / sec
+        rows.append({
+            "strategy": strategy,
+            "seconds": sec,
+            "client_steps_per_s": steps_per_s,
+            "ms_per_client_step": 1e3 * sec / client_steps,
+            "gflops": flops * steps_per_s / 1e9,
+            "matmul_fraction": flops * steps_per_s / 1e9 / matmul_rate,
+            "times_s": times.get(strategy, []),
+            "setup_s": compile_s.get(strategy, math.nan),
+        })
+    by = {r["strategy"]: r for r in rows}
+    compiled = [r for r in rows if r["strategy"] not in ("loop", "torch")]
+    best = max(compiled, key=lambda r: r["client_steps_per_s"])
+    loop_ref = next((s for s in outs if s == "loop"), None)
+    agreement = {
+        s: max_abs_diff(outs[s]["params"], [o["params"] for o in outs[loop_ref]])
+        for s in outs if s != "loop" and loop_ref
+    }
 
     print(
-        f"\nK={args.clients} clients x n={args.samples} samples x E={args.epochs} epochs,"
-        f" batch {args.batch}: {client_steps} client-steps per call;"
-        f" median of <= {args.repeats} calls; lax.map batch_size={args.chunk}\n"
+        f"\nK={args.clients} clients x n={args.samples} samples x E={args.epochs} epochs, batch {args.batch}:"
+        f" {client_steps} client-steps per call; {flops / 1e6:.1f} MFLOP per step; median of {args.repeats}"
+        f" interleaved calls; lax.map batch_size={args.chunk}; fp32 2048^2 matmul {matmul_rate:.1f} GFLOP/s"
+        f" (start {rate:.1f}, end {rate_end:.1f})\n"
     )
-    print(
-        "| strategy | conv_impl | client-steps/s | ms / client-step | compile s | calls |"
-    )
-    print("|---|---|---|---|---|---|")
+    print("| strategy | client-steps/s | ms / client-step | GFLOP/s | of matmul rate |")
+    print("|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['strategy']} | {r['conv_impl']} | {r['client_steps_per_s']:.1f}"
-            f" | {r['ms_per_client_step']:.2f} | {r['compile_s']:.1f} | {r['calls']} |"
+            f"| {r['strategy']} | {r['client_steps_per_s']:.1f} | {r['ms_per_client_step']:.2f}"
+            f" | {r['gflops']:.1f} | {100 * r['matmul_fraction']:.1f}% |"
         )
-    print()
-    for impl, r in ratios.items():
-        print(
-            f"{impl}: vmap/loop {r['vmap_vs_loop']:.2f}x, map/loop {r['map_vs_loop']:.2f}x;"
-            f" max |compiled - loop| param diff: vmap {agreement[impl]['vmap']:.2e},"
-            f" map {agreement[impl]['map']:.2e}"
-        )
-
+    print("\nmax |param - loop param| per strategy: " + ", ".join(f"{s} {d:.1e}" for s, d in agreement.items()))
+    torch_rate = by["torch"]["client_steps_per_s"] if "torch" in by else math.nan
+    loop_rate = by["loop"]["client_steps_per_s"] if "loop" in by else math.nan
+    summary = {
+        "best_compiled": best["strategy"],
+        "speedup_vs_pytorch": best["client_steps_per_s"] / torch_rate,
+        "speedup_vs_loop": best["client_steps_per_s"] / loop_rate,
+        "matmul_fraction": best["matmul_fraction"],
+    }
     report = {
         "command": " ".join(["python", *sys.argv]),
         "jax_version": jax.__version__,
+        "torch": torch_peer.versions() if torch_peer.available() else None,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
-        "settings": {**vars(args), "steps_per_epoch": steps_per_epoch},
+        "settings": {**vars(args), "steps_per_epoch": steps_per_epoch, "strategies": strategies},
         "client_steps_per_call": client_steps,
+        "flops_per_client_step": flops,
+        "matmul_gflops": matmul_rate,
         "results": rows,
-        "ratios": ratios,
         "max_abs_param_diff_vs_loop": agreement,
+        "summary": summary,
         "total_seconds": time.perf_counter() - t0,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out_path} ({report['total_seconds']:.0f} s total)")
+    print(f"best compiled: {best['strategy']}; load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f};"
+          f" wrote {out_path} ({report['total_seconds']:.0f} s total)")
     print(
-        " ".join(
-            f"compiled_vs_loop_{impl}={r['compiled_vs_loop']:.2f}"
-            for impl, r in ratios.items()
-        )
+        f"speedup_vs_pytorch={summary['speedup_vs_pytorch']:.2f} speedup_vs_loop={summary['speedup_vs_loop']:.2f}"
+        f" matmul_fraction={summary['matmul_fraction']:.3f}"
     )
     return report
 

@@ -44,6 +44,10 @@ def _load_config(path, overrides):
 
     config = load_config(path)
     apply_overrides(config, overrides)
+    if isinstance(config.get("devices"), int):
+        from fedconv_jax.sharding import request_cpu_devices
+
+        request_cpu_devices(config.devices)  # before JAX's backend starts: N XLA:CPU devices
     validate(config)
     return config
 

@@ -10,6 +10,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
@@ -88,8 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.kld_weight = 0.2  # lambda of Eq. 5 (KL between previous global and the aggregate)
     # --- execution
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
-    c.client_parallelism = "vmap"  # clients of a tier: "vmap" or "map" (lax.map in chunks)
-    c.client_chunk = 4  # clients per lax.map chunk when client_parallelism="map"
+    c.client_parallelism = "map"  # clients of a tier: "map" (lax.map in chunks; fastest on CPU) or "vmap"
+    c.client_chunk = 1  # clients per lax.map chunk (1 = one after another: measured fastest on CPU)
+    c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
+    c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
     c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; fedconv only)
     c.client_costs = True  # per-client bytes, FLOPs and memory in every row (one compile per model width)
@@ -199,6 +202,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, field, minimum=0)
     for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
         _number(config, field, 0.0, 10.0, low_open=True)
+    _positive_int(config, "devices")
+    _positive_int(config, "clients_per_round", minimum=0)
+    if config.clients_per_round > config.num_clients:
+        raise ConfigError("clients_per_round", config.clients_per_round, f"an integer in [0, num_clients={config.num_clients}]")
+    if config.devices > jax.device_count():
+        raise ConfigError("devices", config.devices, f"an integer in [1, {jax.device_count()}] (jax.device_count())")
     _number(config, "filter_lr_min", 0.0, config.filter_lr)
     _number(config, "kld_weight", 0.0, 1e6)
     _number(config, "holdout_fraction", 0.0, 1.0, low_open=True, high_open=True)
@@ -223,6 +232,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 "shrink_ratios", ratio, f"an SR whose sub-model has no zero-width layer (>= {1 / narrowest:g})"
             )
+    if config.algorithm != "fedconv":  # the baselines' rounds have no client axis sharding or screening yet
+        for field, idle in (("devices", 1), ("clients_per_round", 0), ("dropout_rate", 0.0), ("poisoned_clients", 0)):
+            if config[field] != idle:
+                raise ConfigError(field, config[field], f"{idle} with algorithm={config.algorithm} (fedconv only)")
 
 
 def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape) -> RoundConfig:
@@ -262,6 +275,8 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
         kld_weight=config.kld_weight,
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
+        devices=config.devices,
+        clients_per_round=config.clients_per_round,
         eval_chunk=config.eval_chunk,
         dropout_rate=config.dropout_rate,
         poison_scale=config.poison_scale,

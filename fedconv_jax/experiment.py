@@ -32,6 +32,13 @@ from fedconv_jax.round import (
     make_phases,
     make_round_fn,
 )
+from fedconv_jax.sharding import (
+    data_shardings,
+    jit_round,
+    make_client_mesh,
+    padded_capacity,
+    state_shardings,
+)
 
 
 @dataclasses.dataclass
@@ -55,12 +62,11 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
         partition=config.partition, shards_per_client=config.shards_per_client,
     )
     ratios, members = group_tiers(config.shrink_ratios)
-    round_config = make_round_config(
-        config, ratios, tuple(map(len, members)), dataset.num_classes, dataset.images.shape[1:]
-    )
+    capacity = tuple(padded_capacity(len(m), config.devices) for m in members)
+    round_config = make_round_config(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,
-        holdout_fraction=config.holdout_fraction, seed=config.seed,
+        holdout_fraction=config.holdout_fraction, seed=config.seed, tier_capacity=capacity,
         poisoned_clients=config.poisoned_clients, poison_mode=config.poison_mode,
     )
     key = jax.random.key(config.seed)
@@ -69,6 +75,11 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
     else:
         init = functools.partial(init_baseline_state, config.algorithm, round_config, key)
     state = jax.eval_shape(init) if abstract_state else init()
+    if config.devices > 1:  # fedconv only (validated): its state knows its client axes
+        mesh = make_client_mesh(config.devices)
+        data = jax.device_put(data, data_shardings(mesh, data))
+        if not abstract_state:
+            state = jax.device_put(state, state_shardings(mesh, state))
     return Experiment(config, round_config, data, state, members)
 
 
@@ -87,6 +98,7 @@ def time_phases(round_config: RoundConfig, state: ServerState, data: RoundData) 
         seconds[name] = time.perf_counter() - start
         return out
 
+    data = phases["sample"](state, data)  # this round's participants, as the fused round draws them
     state = timed("pretrain", state, data)
     state, subs, _ = timed("compress", state, data)
     trained, client_metrics = timed("clients", state, data, subs)
@@ -160,8 +172,11 @@ def run_experiment(
         "data_digest": checkpointing.data_digest(exp.data),
     }
     counter = CompileCounter()
+    mesh = make_client_mesh(config.devices)
     if config.algorithm == "fedconv":
-        round_fn = jax.jit(make_round_fn(exp.round_config), donate_argnums=0)
+        round_fn = jit_round(make_round_fn(exp.round_config), mesh, exp.state, exp.data)
+        if config.devices > 1:  # a restored state arrives on one device
+            state = jax.device_put(state, state_shardings(mesh, state))
     else:
         round_fn = jax.jit(
             make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain), donate_argnums=0

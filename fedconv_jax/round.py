@@ -30,6 +30,8 @@ from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filte
 from fedconv_jax.filters import FilterConfig
 from fedconv_jax.models import ModelSpec
 from fedconv_jax.participation import finite_mask, participation_mask, poison_uploads, select_clients
+from fedconv_jax.sampling import sample_clients
+from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
 from fedconv_jax.tuning import (
     IndexSet,
     TuningConfig,
@@ -65,6 +67,9 @@ class RoundConfig:
         aggregate) has the lower cross-entropy on the held-out slice of D; guards small
         server sets against the drift of repeated tuning (README, "Model selection").
       client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
+      devices: devices the client axis is sharded over (sharding.py); every tier capacity
+        must be a multiple of it.
+      clients_per_round: clients drawn per round (sampling.py); 0 = all.
       eval_chunk: examples per evaluation chunk (bounds activation memory).
       dropout_rate: fraction of the present clients dropped each round (participation.py).
       poison_scale: strength of the attacks flagged in `RoundData.poisoned`.
@@ -87,8 +92,10 @@ class RoundConfig:
     aggregation_normalize: bool = True
     kld_weight: float = 0.2
     keep_best_global: bool = False
-    client_parallelism: str = "vmap"
-    client_chunk: int = 4
+    client_parallelism: str = "map"
+    client_chunk: int = 1
+    devices: int = 1
+    clients_per_round: int = 0
     eval_chunk: int = 1024
     dropout_rate: float = 0.0
     poison_scale: float = 1.0
@@ -209,8 +216,19 @@ def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, subs,
     return tuple(screened), metrics
 
 
-def _map_clients(cfg: RoundConfig, fn: Callable, *xs):
-    return map_clients(cfg.client_parallelism, cfg.client_chunk, fn, *xs)
+def _map_clients(cfg: RoundConfig, fn: Callable, shared, *xs):
+    """fn(shared, *one_client_slices) over the leading client axis of `xs`.
+
+    `shared` (the data set, a tier's model) is passed, not closed over, so that with several
+    devices it can enter `shard_map` as a replicated input.
+    """
+
+    def local_map(shared, *xs):
+        return map_clients(cfg.client_parallelism, cfg.client_chunk, functools.partial(fn, shared), *xs)
+
+    if cfg.devices == 1:
+        return local_map(shared, *xs)
+    return map_clients_sharded(make_client_mesh(cfg.devices), local_map, shared, *xs)
 
 
 def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:
@@ -291,15 +309,17 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
         for t, ratio in enumerate(cfg.tier_ratios):
             keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
 
-            def one_client(train_set, test_set, k, ratio=ratio, sub=subs[t]):
+            def one_client(shared, train_set, test_set, k, ratio=ratio):
+                sub, images, labels = shared
                 out = local_train(
-                    apply_at(ratio), sub, data.images, data.labels, train_set, k,
+                    apply_at(ratio), sub, images, labels, train_set, k,
                     epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
                 )
-                acc, _ = evaluate(logits_at(ratio, out), data.images, data.labels, test_set, cfg.eval_chunk)
+                acc, _ = evaluate(logits_at(ratio, out), images, labels, test_set, cfg.eval_chunk)
                 return out, acc
 
-            out, acc = _map_clients(cfg, one_client, data.client_train[t], data.client_test[t], keys)
+            shared = (subs[t], data.images, data.labels)
+            out, acc = _map_clients(cfg, one_client, shared, data.client_train[t], data.client_test[t], keys)
             trained.append(out)
             accuracy.append(acc)
             test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
@@ -319,22 +339,23 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
                 continue
             keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
 
-            def one_client(client_vars, f, opt, k):
-                stats = dilate_batch_stats(client_vars["batch_stats"], gv["batch_stats"])
+            def one_client(shared, client_vars, f, opt, k):
+                global_stats, images, labels, server_train, server_holdout = shared
+                stats = dilate_batch_stats(client_vars["batch_stats"], global_stats)
 
                 def big_logits(filt, x):
                     big = {"params": dilate(client_vars["params"], filt, cfg.filters), "batch_stats": stats}
                     return model.apply(1.0, big, x)[0]
 
                 result = tune(
-                    big_logits, f, opt, data.images, data.labels, data.server_train,
-                    data.server_holdout, k, cfg.dilate,
+                    big_logits, f, opt, images, labels, server_train, server_holdout, k, cfg.dilate,
                 )
                 big = {"params": dilate(client_vars["params"], result.params, cfg.filters), "batch_stats": stats}
                 return big, result.params, result.opt_state, result.holdout_accuracy
 
+            shared = (gv["batch_stats"], data.images, data.labels, data.server_train, data.server_holdout)
             big, f, opt, acc = _map_clients(
-                cfg, one_client, trained[t], state.dilation[t], state.dilation_opt[t], keys
+                cfg, one_client, shared, trained[t], state.dilation[t], state.dilation_opt[t], keys
             )
             mask = data.client_mask[t]
             dilated.append(big)
@@ -388,6 +409,11 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
             metrics["aggregate/accepted"] = accept
         return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), metrics
 
+    def sample_phase(state: ServerState, data: RoundData) -> RoundData:
+        """This round's participants: `clients_per_round` of the present clients (or all)."""
+        mask = sample_clients(state.key, state.round, data.client_mask, cfg.clients_per_round)
+        return data._replace(client_mask=mask)
+
     def evaluate_phase(state: ServerState, data: RoundData) -> Metrics:
         acc, loss = evaluate(
             logits_at(1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
@@ -401,11 +427,13 @@ def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
         "dilate": dilate_phase,
         "aggregate": aggregate_phase,
         "evaluate": evaluate_phase,
+        "sample": sample_phase,
     }
 
 
 def run_phases(phases: dict[str, Callable], state: ServerState, data: RoundData):
     """Chains the phases into one round: (state, data) -> (next state, metrics)."""
+    data = phases["sample"](state, data)  # the one place the round's client mask is set
     state = phases["pretrain"](state, data)
     state, subs, metrics = phases["compress"](state, data)
     trained, client_metrics = phases["clients"](state, data, subs)

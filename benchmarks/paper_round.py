@@ -1,0 +1,90 @@
+"""Target 2: one FedConv round at the paper's MNIST setting, timed per phase, with GFLOP/s.
+
+20 clients (SR 4x1, 8x0.75, 4x0.5, 4x0.25), 5 % server data, 20 tuning epochs for
+compression, dilation and aggregation, 5 local epochs, batch 32, Adam. Data: `--data
+mnist.pkl.gz` (all 70,000 images), else synthetic MNIST-shaped data of the same size. Each
+phase is its own jitted program (experiment.time_phases; compile excluded), then the fused
+round is timed once. FLOPs per phase come from XLA's cost analysis of that phase's program
+(loops counted by XLA's own rules; treat as an estimate).
+
+    python benchmarks/paper_round.py [--data /work/shared/data/mnist.pkl.gz]
+    python benchmarks/paper_round.py --quick   # 2 epochs everywhere, 1 local epoch
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from synthetic_round import build, mnist_pickle, paper_ratios, synthetic_mnist
+
+from fedconv_jax.round import PHASES, make_phases, make_round_fn
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="mnist.pkl.gz; default: synthetic, 70,000 images")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--client-parallelism", default="map")
+    parser.add_argument("--client-chunk", type=int, default=1)
+    args = parser.parse_args(argv)
+    epochs, local = (2, 1) if args.quick else (20, 5)
+    load_start = os.getloadavg()
+    dataset = mnist_pickle(args.data) if args.data else synthetic_mnist(70_000)
+    cfg, data, state = build(
+        dataset, num_clients=20, shrink_ratios=paper_ratios(20), local_epochs=local, pretrain_epochs=5,
+        compress_epochs=epochs, dilate_epochs=epochs, aggregate_epochs=epochs,
+        client_parallelism=args.client_parallelism, client_chunk=args.client_chunk,
+    )
+    phases = make_phases(cfg)
+    seconds, gflop = {}, {}
+
+    def timed(name, *inputs):
+        compiled = jax.jit(phases[name]).lower(*inputs).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        gflop[name] = (cost or {}).get("flops", float("nan")) / 1e9
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(*inputs))
+        seconds[name] = time.perf_counter() - start
+        print(f"{name}: {seconds[name]:.1f} s, {gflop[name]:.0f} GFLOP (XLA estimate)", flush=True)
+        return out
+
+    s = timed("pretrain", state, data)
+    s, subs, _ = timed("compress", s, data)
+    trained, _ = timed("clients", s, data, subs)
+    s, dilated, _ = timed("dilate", s, data, trained)
+    s, _ = timed("aggregate", s, data, dilated)
+    timed("evaluate", s, data)
+    fused = jax.jit(make_round_fn(cfg)).lower(state, data).compile()
+    start = time.perf_counter()
+    _, metrics = jax.block_until_ready(fused(state, data))
+    fused_s = time.perf_counter() - start
+    print("\n| phase | seconds | GFLOP (XLA) | GFLOP/s |")
+    print("|---|---|---|---|")
+    for name in PHASES:
+        print(f"| {name} | {seconds[name]:.1f} | {gflop[name]:.0f} | {gflop[name] / seconds[name]:.1f} |")
+    total = sum(seconds.values())
+    print(f"| sum of phases | {total:.1f} | {sum(gflop.values()):.0f} | {sum(gflop.values()) / total:.1f} |")
+    print(f"fused round (round 1, with pre-training): {fused_s:.1f} s; global accuracy {float(metrics['global_accuracy']):.4f}")
+    out = RESULTS / f"paper_round{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join(["python", *sys.argv]), "data": args.data or "synthetic", "jax_version": jax.__version__,
+        "platform": platform.platform(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "phase_seconds": seconds, "phase_gflop_xla": gflop, "fused_round_seconds": fused_s,
+        "global_accuracy": float(metrics["global_accuracy"]),
+    }, indent=2))
+    print(f"load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Target 3: one compiled FedConv round at 10..500 clients (MNIST CNN, paper SR mix 20/40/20/20 %).
+
+Synthetic MNIST-shaped data (70,000 images). Tuning is reduced OPENLY so the sweep fits a
+shared 2-core CPU: 1 local epoch, 1 epoch each of compression, dilation and aggregation
+tuning, no pre-training, and a 1 % server tuning set (700 images) instead of 5 %. Prints
+seconds per round (compile excluded), client-steps per second, the compiled program's
+memory (XLA memory_analysis: arguments + temporaries) and the process's peak RSS.
+
+    python benchmarks/scale.py            # 10, 50, 100, 200, 500 clients
+    python benchmarks/scale.py --quick    # 10 and 50 clients
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from synthetic_round import build, paper_ratios, synthetic_mnist
+
+from fedconv_jax.round import make_round_fn
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100, 200, 500])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--client-parallelism", default="map")
+    parser.add_argument("--client-chunk", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients = [10, 50]
+    load_start = os.getloadavg()
+    dataset = synthetic_mnist(70_000)
+    rows = []
+    for k in args.clients:
+        cfg, data, state = build(
+            dataset, num_clients=k, shrink_ratios=paper_ratios(k), local_epochs=1, pretrain_epochs=0,
+            compress_epochs=1, dilate_epochs=1, aggregate_epochs=1, split_fractions=(0.01, 0.2, 0.74, 0.05),
+            client_parallelism=args.client_parallelism, client_chunk=args.client_chunk,
+        )
+        start = time.perf_counter()
+        compiled = jax.jit(make_round_fn(cfg), donate_argnums=0).lower(state, data).compile()
+        compile_s = time.perf_counter() - start
+        mem = compiled.memory_analysis()
+        program_bytes = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes) if mem else None
+        start = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        seconds = time.perf_counter() - start
+        client_steps = cfg.num_clients * cfg.local_epochs * (data.client_train[0].idx.shape[1] // cfg.local_batch_size)
+        row = {
+            "clients": k, "tiers": dict(zip(map(str, cfg.tier_ratios), cfg.tier_capacity)),
+            "seconds_per_round": seconds, "compile_s": compile_s, "client_steps": client_steps,
+            "client_steps_per_s": client_steps / seconds, "program_bytes": program_bytes,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "global_accuracy": float(metrics["global_accuracy"]),
+        }
+        rows.append(row)
+        print(f"{k} clients: {seconds:.1f} s/round, {row['client_steps_per_s']:.0f} client-steps/s, "
+              f"program {program_bytes / 2**30:.2f} GiB, peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB "
+              f"(compile {compile_s:.0f} s)", flush=True)
+    print("\n| clients | s / round | client-steps / s | program memory GiB | peak RSS GiB | compile s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['seconds_per_round']:.1f} | {r['client_steps_per_s']:.0f} |"
+              f" {r['program_bytes'] / 2**30:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} | {r['compile_s']:.0f} |")
+    out = RESULTS / f"scale{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join(["python", *sys.argv]), "jax_version": jax.__version__, "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_average_start": load_start, "load_average_end": os.getloadavg(), "rows": rows,
+    }, indent=2))
+    print(f"load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

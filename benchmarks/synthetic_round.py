@@ -1,0 +1,59 @@
+"""A FedConv round on synthetic MNIST-shaped data (or a local MNIST pickle), for benchmarks.
+
+Builds what experiment.build_experiment builds, but from an in-memory data set, so the
+benchmarks need no download: uniform [0, 1) 28x28x1 images, uniform labels in 0..9.
+"""
+
+import gzip
+import pickle
+
+import jax
+import numpy as np
+
+from fedconv_jax.config import default_config, make_round_config, validate
+from fedconv_jax.data import Dataset, split_federated
+from fedconv_jax.device_data import group_tiers, make_round_data
+from fedconv_jax.round import init_server_state
+
+PAPER_SR_MIX = ((1.0, 0.2), (0.75, 0.4), (0.5, 0.2), (0.25, 0.2))  # (SR, share of clients)
+
+
+def paper_ratios(num_clients: int) -> tuple[float, ...]:
+    """The paper's 20/40/20/20 % SR mix for any client count (rounded, every tier >= 1)."""
+    counts = [max(1, round(share * num_clients)) for _, share in PAPER_SR_MIX]
+    counts[1] += num_clients - sum(counts)
+    return tuple(r for (r, _), n in zip(PAPER_SR_MIX, counts) for _ in range(n))
+
+
+def synthetic_mnist(n: int, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    images = rng.random((n, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    return Dataset(name="synthetic_mnist", images=images, labels=labels, num_classes=10)
+
+
+def mnist_pickle(path: str) -> Dataset:
+    """The classic mnist.pkl.gz ((train, valid, test) of (x (n, 784), y)), all 70,000 images."""
+    with gzip.open(path, "rb") as f:
+        parts = pickle.load(f, encoding="latin1")
+    images = np.concatenate([p[0] for p in parts]).reshape(-1, 28, 28, 1).astype(np.float32)
+    labels = np.concatenate([p[1] for p in parts]).astype(np.int32)
+    return Dataset(name="mnist", images=images, labels=labels, num_classes=10)
+
+
+def build(dataset: Dataset, **overrides):
+    """(RoundConfig, RoundData, ServerState) for `dataset` and config overrides."""
+    config = default_config()
+    for field, value in overrides.items():
+        config[field] = value
+    validate(config)
+    split = split_federated(
+        dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions)
+    )
+    ratios, members = group_tiers(config.shrink_ratios)
+    round_config = make_round_config(config, ratios, tuple(map(len, members)), 10, dataset.images.shape[1:])
+    data = make_round_data(
+        dataset, split, members, batch_size=config.batch_size,
+        holdout_fraction=config.holdout_fraction, seed=config.seed,
+    )
+    return round_config, data, init_server_state(round_config, jax.random.key(config.seed))

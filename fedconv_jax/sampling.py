@@ -1,0 +1,40 @@
+"""Client sampling: which clients take part in a round, drawn inside the compiled round.
+
+The draw is a function of (state key, round) only, so a resumed run repeats it, and it is
+a mask over fixed tier capacities, so rounds in which the tiers contribute different numbers
+of clients share one compiled program (fedjax's "padding plus masks").
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fedconv_jax.types import PRNGKey
+
+SAMPLING_STREAM = 1_000  # fold_in tag: disjoint from the phase indices of round.PHASES
+
+
+def sample_clients(key: PRNGKey, round_index: jax.Array, present: tuple[jax.Array, ...], clients_per_round: int):
+    """K clients uniformly without replacement among the present slots of all tiers.
+
+    Args:
+      key: the server state's key.
+      round_index: int32 scalar, 0-based.
+      present: per tier, (capacity,) bool: real clients (padding slots are False).
+      clients_per_round: K; 0, or K >= the number of present clients, keeps all of them.
+
+    Returns:
+      Per tier, (capacity,) bool: present and drawn this round.
+    """
+    if clients_per_round == 0:
+        return present
+    flat = jnp.concatenate(present)
+    key = jax.random.fold_in(jax.random.fold_in(key, round_index), SAMPLING_STREAM)
+    scores = jnp.where(flat, jax.random.uniform(key, flat.shape), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(scores))  # 0 = smallest score
+    drawn = flat & (rank < clients_per_round)
+    splits = [int(m.shape[0]) for m in present]
+    offsets = [sum(splits[:i]) for i in range(len(splits))]
+    return tuple(drawn[o : o + n] for o, n in zip(offsets, splits))
+
+
+__all__ = ["SAMPLING_STREAM", "sample_clients"]

@@ -1,0 +1,138 @@
+"""The client axis sharded over a 1-D device mesh; everything else replicated.
+
+The round stays ONE jitted program: its per-client arrays (client index lists, masks, sample
+counts, dilation filters and their Adam states, aggregation weights and theirs) are laid out
+along the mesh axis "clients", so each device trains and dilates its own share of every
+tier's clients, and XLA inserts the gathers that aggregation needs. Each tier's capacity is
+padded up to a multiple of the device count with masked-out slots (device_data.py), which
+never change results: an absent slot trains on no data, gets zero aggregation weight, and
+keeps its filters.
+
+On CPU, N devices are N XLA:CPU devices in one process (`jax_num_cpu_devices`, a documented
+JAX option that must be set before the backend starts): each runs its clients on its own
+thread, which is how one program uses several cores for many small client steps.
+"""
+
+import math
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+AXIS = "clients"
+
+
+def request_cpu_devices(count: int) -> None:
+    """Asks for `count` XLA:CPU devices; a no-op once JAX's backends have started."""
+    if count <= 1:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", max(count, jax.config.jax_num_cpu_devices))
+    except RuntimeError:  # backends already initialised: keep what exists
+        pass
+
+
+def padded_capacity(capacity: int, devices: int) -> int:
+    """`capacity` rounded up to a multiple of `devices` (every device gets whole slots)."""
+    return math.ceil(capacity / devices) * devices
+
+
+def make_client_mesh(devices: int) -> jax.sharding.Mesh:
+    """A 1-D mesh named "clients" over the first `devices` devices."""
+    available = jax.device_count()
+    if not 1 <= devices <= available:
+        raise ValueError(f"devices={devices} is not allowed: an integer in [1, {available}] (jax.device_count())")
+    return jax.make_mesh(
+        (devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:devices]
+    )
+
+
+def _client_axis(mesh, tree):
+    """Leading axis on "clients" for every array with one; scalars (Adam's count) replicated."""
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, PartitionSpec(AXIS) if x.ndim >= 1 else PartitionSpec()), tree
+    )
+
+
+def map_clients_sharded(mesh, local_map, shared, *xs):
+    """`local_map(shared, *xs)` on each device's block of the leading client axis (shard_map).
+
+    `shared` (the data set, a tier's sub-model) is replicated; inside a device the clients
+    run as `local_map` says (vmap or lax.map).
+    """
+    spec = PartitionSpec(AXIS)
+    return jax.shard_map(
+        local_map, mesh=mesh, in_specs=(PartitionSpec(),) + (spec,) * len(xs), out_specs=spec,
+        check_vma=False,  # scan carries start replicated and become per-client
+    )(shared, *xs)
+
+
+def _replicated(mesh, tree):
+    return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
+
+
+def data_shardings(mesh, data):
+    """Per-client index lists, masks and sample counts along "clients"; the data set replicated.
+
+    `data` is a round.RoundData (this module does not import round.py: round.py imports it).
+    """
+    return data._replace(
+        images=NamedSharding(mesh, PartitionSpec()),
+        labels=NamedSharding(mesh, PartitionSpec()),
+        server_train=_replicated(mesh, data.server_train),
+        server_holdout=_replicated(mesh, data.server_holdout),
+        server_test=_replicated(mesh, data.server_test),
+        client_train=_client_axis(mesh, data.client_train),
+        client_test=_client_axis(mesh, data.client_test),
+        client_mask=_client_axis(mesh, data.client_mask),
+        num_samples=_client_axis(mesh, data.num_samples),
+        poisoned=_client_axis(mesh, data.poisoned),
+    )
+
+
+def state_shardings(mesh, state):
+    """Dilation filters/optimizer states and aggregation weights/optimizer along "clients"."""
+    return state.replace(
+        global_vars=_replicated(mesh, state.global_vars),
+        compression=_replicated(mesh, state.compression),
+        compression_opt=_replicated(mesh, state.compression_opt),
+        dilation=_client_axis(mesh, state.dilation),
+        dilation_opt=_client_axis(mesh, state.dilation_opt),
+        agg_weights=_client_axis(mesh, state.agg_weights),
+        agg_opt=_client_axis(mesh, state.agg_opt),
+        pretrain_opt=_replicated(mesh, state.pretrain_opt),
+        round=NamedSharding(mesh, PartitionSpec()),
+        key=NamedSharding(mesh, PartitionSpec()),
+    )
+
+
+def shard_round_inputs(mesh, state, data):
+    """Places the state and the data on the mesh (once, before the first round)."""
+    return (
+        jax.device_put(state, state_shardings(mesh, state)),
+        jax.device_put(data, data_shardings(mesh, data)),
+    )
+
+
+def jit_round(round_fn, mesh, state, data, donate: bool = True):
+    """jit with the state's layout pinned on the way out, so round r+1 reuses round r's program."""
+    shardings = state_shardings(mesh, state)
+    metrics = jax.eval_shape(round_fn, state, data)[1]
+    return jax.jit(
+        round_fn,
+        in_shardings=(shardings, data_shardings(mesh, data)),
+        out_shardings=(shardings, _replicated(mesh, metrics)),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+__all__ = [
+    "AXIS",
+    "data_shardings",
+    "jit_round",
+    "make_client_mesh",
+    "map_clients_sharded",
+    "padded_capacity",
+    "request_cpu_devices",
+    "shard_round_inputs",
+    "state_shardings",
+]
