@@ -1,7 +1,9 @@
 """`fedconv-jax` command line: run a config, print one-line errors for bad input (exit 2)."""
 
 import argparse
+import logging
 import sys
+import threading
 from pathlib import Path
 
 USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--resume] [--config.<field>=<value> ...]"
@@ -163,8 +165,23 @@ def _compare(args, overrides) -> int:
     return 0
 
 
+def _quiet_background_errors() -> None:
+    """One line, not a traceback, for errors in library background threads.
+
+    Orbax's async reads can leave a callback firing on a closed event loop after a corrupt
+    checkpoint was already reported and skipped (checkpointing.find_latest).
+    """
+
+    def hook(args):
+        print(f"fedconv-jax: warning: background thread: {args.exc_type.__name__}: {args.exc_value}", file=sys.stderr)
+
+    threading.excepthook = hook
+    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_background_errors()
     parser = argparse.ArgumentParser(prog="fedconv-jax", description="FedConv in JAX.", usage=USAGE)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a federated experiment", usage=USAGE)

@@ -75,8 +75,8 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
     else:
         init = functools.partial(init_baseline_state, config.algorithm, round_config, key)
     state = jax.eval_shape(init) if abstract_state else init()
-    if config.devices > 1:  # fedconv only (validated): its state knows its client axes
-        mesh = make_client_mesh(config.devices)
+    if config.algorithm == "fedconv":  # laid out on the client mesh (1 device included), so
+        mesh = make_client_mesh(config.devices)  # round 2 sees round 1's input layout
         data = jax.device_put(data, data_shardings(mesh, data))
         if not abstract_state:
             state = jax.device_put(state, state_shardings(mesh, state))
@@ -175,8 +175,7 @@ def run_experiment(
     mesh = make_client_mesh(config.devices)
     if config.algorithm == "fedconv":
         round_fn = jit_round(make_round_fn(exp.round_config), mesh, exp.state, exp.data)
-        if config.devices > 1:  # a restored state arrives on one device
-            state = jax.device_put(state, state_shardings(mesh, state))
+        state = jax.device_put(state, state_shardings(mesh, state))  # a restored state arrives unplaced
     else:
         round_fn = jax.jit(
             make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain), donate_argnums=0

@@ -48,7 +48,7 @@ BAD = [
     ("dataset", "mnist", "digits or tfds:<name>"),
     ("dataset", "tfds:", "digits or tfds:<name>"),
     ("partition", "pathological", "one of dirichlet, iid, shards"),
-    ("shards_per_client", "0", "an integer >= 1"),
+    ("shards_per_client", "0", "an integer in [1, "),
 ]
 
 
