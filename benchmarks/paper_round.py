@@ -25,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from synthetic_round import build, mnist_pickle, paper_ratios, synthetic_mnist
 
 from fedconv_jax.round import PHASES, make_phases, make_round_fn
+from fedconv_jax.sharding import request_cpu_devices
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -35,14 +36,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--client-parallelism", default="map")
     parser.add_argument("--client-chunk", type=int, default=1)
+    parser.add_argument("--devices", type=int, default=1, help="XLA:CPU devices the client axis is sharded over")
     args = parser.parse_args(argv)
+    request_cpu_devices(args.devices)
     epochs, local = (2, 1) if args.quick else (20, 5)
     load_start = os.getloadavg()
     dataset = mnist_pickle(args.data) if args.data else synthetic_mnist(70_000)
     cfg, data, state = build(
         dataset, num_clients=20, shrink_ratios=paper_ratios(20), local_epochs=local, pretrain_epochs=5,
         compress_epochs=epochs, dilate_epochs=epochs, aggregate_epochs=epochs,
-        client_parallelism=args.client_parallelism, client_chunk=args.client_chunk,
+        client_parallelism=args.client_parallelism, client_chunk=args.client_chunk, devices=args.devices,
     )
     phases = make_phases(cfg)
     seconds, gflop = {}, {}

@@ -4,6 +4,7 @@ sample-weighted averaging (`aggregation="mean"`).
     python benchmarks/poisoning.py --quick                 # SR 5 x 1.0 / 5 x 0.5, sign flip, 8 rounds, 1 seed
     python benchmarks/poisoning.py                         # sign flip and noise, 30 rounds, 3 seeds
     python benchmarks/poisoning.py --dataset tfds:mnist    # after `fedconv-jax data import mnist ...`
+    python benchmarks/poisoning.py --config.local_epochs=1 --config.devices=2   # any config override
 
 Starts from a config file (default configs/smoke.py: 10 clients, SR 3 x 1.0 / 4 x 0.75 /
 3 x 0.5). The poisoned clients are the last k in config order (here SR 0.5 clients): their
@@ -26,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedconv_jax.config import load_config, validate
+from fedconv_jax.cli import _load_config, _split_overrides
+from fedconv_jax.config import validate
 from fedconv_jax.experiment import build_experiment
 from fedconv_jax.round import make_round_fn
 
@@ -65,9 +67,10 @@ def main() -> None:
     parser.add_argument("--modes", default=None, help="comma-separated: sign_flip,noise")
     parser.add_argument("--poison-scale", type=float, default=1.0)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    rest, overrides = _split_overrides(sys.argv[1:])  # --config.<field>=<value>, as in the CLI
+    args = parser.parse_args(rest)
 
-    base = load_config(args.config)
+    base = _load_config(args.config, overrides)
     if args.dataset:
         base.dataset = args.dataset
     base.phase_timing = False

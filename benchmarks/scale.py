@@ -25,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from synthetic_round import build, paper_ratios, synthetic_mnist
 
 from fedconv_jax.round import make_round_fn
+from fedconv_jax.sharding import request_cpu_devices
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -35,7 +36,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--client-parallelism", default="map")
     parser.add_argument("--client-chunk", type=int, default=1)
+    parser.add_argument("--devices", type=int, default=1, help="XLA:CPU devices the client axis is sharded over")
     args = parser.parse_args(argv)
+    request_cpu_devices(args.devices)
     if args.quick:
         args.clients = [10, 50]
     load_start = os.getloadavg()
@@ -45,7 +48,7 @@ def main(argv=None):
         cfg, data, state = build(
             dataset, num_clients=k, shrink_ratios=paper_ratios(k), local_epochs=1, pretrain_epochs=0,
             compress_epochs=1, dilate_epochs=1, aggregate_epochs=1, split_fractions=(0.01, 0.2, 0.74, 0.05),
-            client_parallelism=args.client_parallelism, client_chunk=args.client_chunk,
+            client_parallelism=args.client_parallelism, client_chunk=args.client_chunk, devices=args.devices,
         )
         start = time.perf_counter()
         compiled = jax.jit(make_round_fn(cfg), donate_argnums=0).lower(state, data).compile()

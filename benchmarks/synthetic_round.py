@@ -14,6 +14,7 @@ from fedconv_jax.config import default_config, make_round_config, validate
 from fedconv_jax.data import Dataset, split_federated
 from fedconv_jax.device_data import group_tiers, make_round_data
 from fedconv_jax.round import init_server_state
+from fedconv_jax.sharding import make_client_mesh, padded_capacity, shard_round_inputs
 
 PAPER_SR_MIX = ((1.0, 0.2), (0.75, 0.4), (0.5, 0.2), (0.25, 0.2))  # (SR, share of clients)
 
@@ -42,7 +43,8 @@ def mnist_pickle(path: str) -> Dataset:
 
 
 def build(dataset: Dataset, **overrides):
-    """(RoundConfig, RoundData, ServerState) for `dataset` and config overrides."""
+    """(RoundConfig, RoundData, ServerState) for `dataset` and config overrides, laid out on
+    the client mesh of `devices` as the CLI lays them out (request the devices first)."""
     config = default_config()
     for field, value in overrides.items():
         config[field] = value
@@ -51,9 +53,12 @@ def build(dataset: Dataset, **overrides):
         dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions)
     )
     ratios, members = group_tiers(config.shrink_ratios)
-    round_config = make_round_config(config, ratios, tuple(map(len, members)), 10, dataset.images.shape[1:])
+    capacity = tuple(padded_capacity(len(m), config.devices) for m in members)
+    round_config = make_round_config(config, ratios, capacity, 10, dataset.images.shape[1:])
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,
-        holdout_fraction=config.holdout_fraction, seed=config.seed,
+        holdout_fraction=config.holdout_fraction, seed=config.seed, tier_capacity=capacity,
     )
-    return round_config, data, init_server_state(round_config, jax.random.key(config.seed))
+    state = init_server_state(round_config, jax.random.key(config.seed))
+    state, data = shard_round_inputs(make_client_mesh(config.devices), state, data)
+    return round_config, data, state

@@ -166,17 +166,21 @@ def _compare(args, overrides) -> int:
 
 
 def _quiet_background_errors() -> None:
-    """One line, not a traceback, for errors in library background threads.
+    """One line, not a traceback, for errors in library background threads and callbacks.
 
-    Orbax's async reads can leave a callback firing on a closed event loop after a corrupt
-    checkpoint was already reported and skipped (checkpointing.find_latest).
+    Orbax's async reads of a corrupt checkpoint can leave callbacks firing on a closed event
+    loop after the checkpoint was already reported and skipped (checkpointing.find_latest);
+    they surface as thread exceptions, "exception ignored" (unraisable) reports or log records.
     """
 
-    def hook(args):
-        print(f"fedconv-jax: warning: background thread: {args.exc_type.__name__}: {args.exc_value}", file=sys.stderr)
+    def one_line(kind, exc_type, exc_value):
+        name = getattr(exc_type, "__name__", "error")
+        print(f"fedconv-jax: warning: {kind}: {name}: {exc_value}", file=sys.stderr)
 
-    threading.excepthook = hook
-    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: one_line("background thread", args.exc_type, args.exc_value)
+    sys.unraisablehook = lambda args: one_line("ignored background error", args.exc_type, args.exc_value)
+    for name in ("concurrent.futures", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,8 +232,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 "shrink_ratios", ratio, f"an SR whose sub-model has no zero-width layer (>= {1 / narrowest:g})"
             )
-    if config.algorithm != "fedconv":  # the baselines' rounds have no client axis sharding or screening yet
-        for field, idle in (("devices", 1), ("clients_per_round", 0), ("dropout_rate", 0.0), ("poisoned_clients", 0)):
+    if config.algorithm != "fedconv":  # the baselines' rounds have no sampling or screening yet
+        for field, idle in (("clients_per_round", 0), ("dropout_rate", 0.0), ("poisoned_clients", 0)):
             if config[field] != idle:
                 raise ConfigError(field, config[field], f"{idle} with algorithm={config.algorithm} (fedconv only)")
 

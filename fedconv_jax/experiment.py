@@ -75,16 +75,19 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
     else:
         init = functools.partial(init_baseline_state, config.algorithm, round_config, key)
     state = jax.eval_shape(init) if abstract_state else init()
-    if config.algorithm == "fedconv":  # laid out on the client mesh (1 device included), so
-        mesh = make_client_mesh(config.devices)  # round 2 sees round 1's input layout
-        data = jax.device_put(data, data_shardings(mesh, data))
-        if not abstract_state:
-            state = jax.device_put(state, state_shardings(mesh, state))
+    # Laid out on the client mesh (1 device included), so round 2 sees round 1's input layout.
+    mesh = make_client_mesh(config.devices)
+    data = jax.device_put(data, data_shardings(mesh, data))
+    if not abstract_state:
+        state = jax.device_put(state, state_shardings(mesh, state))
     return Experiment(config, round_config, data, state, members)
 
 
-def time_phases(round_config: RoundConfig, state: ServerState, data: RoundData) -> dict[str, float]:
-    """Seconds per phase of one round, each phase its own jitted program (compile excluded).
+def time_phases(
+    round_config: RoundConfig, state: ServerState, data: RoundData
+) -> tuple[dict[str, float], ServerState]:
+    """Seconds per phase of one round, each phase its own jitted program (compile excluded),
+    and the state after the round (the fused round's result, up to summation order).
 
     The state is not donated, so the caller can still run the fused round on it.
     """
@@ -106,7 +109,7 @@ def time_phases(round_config: RoundConfig, state: ServerState, data: RoundData) 
     state, dilated, _ = timed("dilate", state, data, trained)
     state, _ = timed("aggregate", state, data, dilated)
     timed("evaluate", state, data)
-    return {name: seconds[name] for name in PHASES}
+    return {name: seconds[name] for name in PHASES}, state.replace(round=state.round + 1)
 
 
 def _prepare_workdir(
@@ -174,12 +177,11 @@ def run_experiment(
     counter = CompileCounter()
     mesh = make_client_mesh(config.devices)
     if config.algorithm == "fedconv":
-        round_fn = jit_round(make_round_fn(exp.round_config), mesh, exp.state, exp.data)
-        state = jax.device_put(state, state_shardings(mesh, state))  # a restored state arrives unplaced
+        round_fn = make_round_fn(exp.round_config)
     else:
-        round_fn = jax.jit(
-            make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain), donate_argnums=0
-        )
+        round_fn = make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain)
+    round_fn = jit_round(round_fn, mesh, exp.state, exp.data)
+    state = jax.device_put(state, state_shardings(mesh, state))  # a restored state arrives unplaced
 
     costs = None
     if config.client_costs:
@@ -188,7 +190,7 @@ def run_experiment(
 
     phase_seconds = None
     if config.phase_timing and config.algorithm == "fedconv" and start_round < config.rounds:
-        phase_seconds = time_phases(exp.round_config, state, exp.data)
+        phase_seconds, _ = time_phases(exp.round_config, state, exp.data)
 
     with counter.counting():
         start = time.perf_counter()

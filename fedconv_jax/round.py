@@ -24,14 +24,23 @@ from fedconv_jax.aggregation import (
     kld_term,
     weighted_average,
 )
-from fedconv_jax.client import local_train, map_clients
-from fedconv_jax.compression import compress, compress_batch_stats, init_compression_filters
+from fedconv_jax.client import local_train
+from fedconv_jax.compression import (
+    compress,
+    compress_batch_stats,
+    init_compression_filters,
+)
 from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
 from fedconv_jax.filters import FilterConfig
 from fedconv_jax.models import ModelSpec
-from fedconv_jax.participation import finite_mask, participation_mask, poison_uploads, select_clients
+from fedconv_jax.participation import (
+    finite_mask,
+    participation_mask,
+    poison_uploads,
+    select_clients,
+)
 from fedconv_jax.sampling import sample_clients
-from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
+from fedconv_jax.sharding import map_clients_over_devices
 from fedconv_jax.tuning import (
     IndexSet,
     TuningConfig,
@@ -217,18 +226,7 @@ def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, subs,
 
 
 def _map_clients(cfg: RoundConfig, fn: Callable, shared, *xs):
-    """fn(shared, *one_client_slices) over the leading client axis of `xs`.
-
-    `shared` (the data set, a tier's model) is passed, not closed over, so that with several
-    devices it can enter `shard_map` as a replicated input.
-    """
-
-    def local_map(shared, *xs):
-        return map_clients(cfg.client_parallelism, cfg.client_chunk, functools.partial(fn, shared), *xs)
-
-    if cfg.devices == 1:
-        return local_map(shared, *xs)
-    return map_clients_sharded(make_client_mesh(cfg.devices), local_map, shared, *xs)
+    return map_clients_over_devices(cfg.devices, cfg.client_parallelism, cfg.client_chunk, fn, shared, *xs)
 
 
 def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:

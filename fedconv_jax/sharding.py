@@ -13,12 +13,20 @@ JAX option that must be set before the backend starts): each runs its clients on
 thread, which is how one program uses several cores for many small client steps.
 """
 
+import dataclasses
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from fedconv_jax.client import map_clients
+
 AXIS = "clients"
+# State fields stacked over client slots (FedConv's ServerState, the baselines' BaselineState);
+# every other field is replicated.
+PER_CLIENT_FIELDS = ("dilation", "dilation_opt", "agg_weights", "agg_opt", "client_vars")
 
 
 def request_cpu_devices(count: int) -> None:
@@ -66,6 +74,25 @@ def map_clients_sharded(mesh, local_map, shared, *xs):
     )(shared, *xs)
 
 
+def map_clients_over_devices(
+    devices: int, parallelism: str, chunk: int, fn: Callable, shared, *xs
+):
+    """fn(shared, *one_client_slices) over the leading client axis of `xs`, the axis sharded
+    over the first `devices` devices; within a device as `client.map_clients` says.
+
+    `shared` (the data set, a tier's model) is passed, not closed over, so that with several
+    devices it can enter `shard_map` as a replicated input. Used by FedConv's round and by
+    every baseline.
+    """
+
+    def local_map(shared, *xs):
+        return map_clients(parallelism, chunk, functools.partial(fn, shared), *xs)
+
+    if devices == 1:
+        return local_map(shared, *xs)
+    return map_clients_sharded(make_client_mesh(devices), local_map, shared, *xs)
+
+
 def _replicated(mesh, tree):
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
@@ -90,19 +117,12 @@ def data_shardings(mesh, data):
 
 
 def state_shardings(mesh, state):
-    """Dilation filters/optimizer states and aggregation weights/optimizer along "clients"."""
-    return state.replace(
-        global_vars=_replicated(mesh, state.global_vars),
-        compression=_replicated(mesh, state.compression),
-        compression_opt=_replicated(mesh, state.compression_opt),
-        dilation=_client_axis(mesh, state.dilation),
-        dilation_opt=_client_axis(mesh, state.dilation_opt),
-        agg_weights=_client_axis(mesh, state.agg_weights),
-        agg_opt=_client_axis(mesh, state.agg_opt),
-        pretrain_opt=_replicated(mesh, state.pretrain_opt),
-        round=NamedSharding(mesh, PartitionSpec()),
-        key=NamedSharding(mesh, PartitionSpec()),
-    )
+    """The fields in `PER_CLIENT_FIELDS` along "clients" (dilation filters, aggregation
+    weights, their optimizer states, standalone clients' models); the rest replicated."""
+    return state.replace(**{
+        f.name: (_client_axis if f.name in PER_CLIENT_FIELDS else _replicated)(mesh, getattr(state, f.name))
+        for f in dataclasses.fields(state)
+    })
 
 
 def shard_round_inputs(mesh, state, data):
@@ -130,6 +150,7 @@ __all__ = [
     "data_shardings",
     "jit_round",
     "make_client_mesh",
+    "map_clients_over_devices",
     "map_clients_sharded",
     "padded_capacity",
     "request_cpu_devices",

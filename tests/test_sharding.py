@@ -1,4 +1,4 @@
-"""The client axis sharded over 2 and 4 CPU devices gives the 1-device results.
+"""The client axis sharded over 2 and 4 CPU devices gives the 1-device results (FedConv and baselines).
 
 JAX fixes its CPU device count when the backend starts, so the multi-device runs happen in
 a fresh interpreter (`jax_num_cpu_devices`), which prints the global parameters it reaches.
@@ -59,6 +59,22 @@ SCRIPT = textwrap.dedent(
             "accuracy": float(metrics["global_accuracy"]),
         }
         counter.count = 0
+    from fedconv_jax.baselines import make_baseline_round_fn
+    for algorithm in ("fedavg_full", "standalone"):  # the baselines shard their clients alike
+        for devices in (1, 2):
+            c = default_config()
+            c.algorithm, c.num_clients, c.shrink_ratios = algorithm, 3, (1.0, 0.5, 0.5)
+            c.local_epochs, c.devices = 1, devices
+            validate(c)
+            exp = build_experiment(c)
+            fn = make_baseline_round_fn(algorithm, exp.round_config)
+            state, _ = jit_round(fn, make_client_mesh(devices), exp.state, exp.data)(exp.state, exp.data)
+            trained = state.global_vars if algorithm == "fedavg_full" else state.client_vars[1]
+            out[f"{algorithm}@{devices}"] = {
+                "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(trained)],
+                "capacity": list(exp.round_config.tier_capacity),
+                "shards": len(jax.tree.leaves(trained)[0].sharding.device_set),
+            }
     print("RESULT" + json.dumps(out))
     """
 )
@@ -76,7 +92,9 @@ def test_two_and_four_devices_equal_one_device():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    out = {int(k): v for k, v in json.loads(line[len("RESULT") :]).items()}
+    out = json.loads(line[len("RESULT") :])
+    baselines = {k: out.pop(k) for k in list(out) if "@" in k}
+    out = {int(k): v for k, v in out.items()}
     assert out[1]["capacity"] == [2, 2] and out[2]["capacity"] == [2, 2]
     assert out[4]["capacity"] == [4, 4]  # two masked-out slots per tier
     assert out[2]["shards"] == 2 and out[4]["shards"] == 4
@@ -87,3 +105,10 @@ def test_two_and_four_devices_equal_one_device():
         got = np.concatenate([np.asarray(x) for x in out[devices]["params"]])
         np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
         assert out[devices]["accuracy"] == pytest.approx(out[1]["accuracy"], abs=1e-6)
+    # Baselines: capacities padded to the device count; standalone's own models split over
+    # the devices; results equal to one device.
+    assert baselines["fedavg_full@1"]["capacity"] == [1, 2] and baselines["fedavg_full@2"]["capacity"] == [2, 2]
+    assert baselines["standalone@2"]["shards"] == 2
+    for algorithm in ("fedavg_full", "standalone"):  # standalone: the SR 0.5 tier, 2 slots on both
+        one, two = (np.concatenate(baselines[f"{algorithm}@{d}"]["params"]) for d in (1, 2))
+        np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)

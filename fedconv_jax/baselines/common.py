@@ -1,7 +1,8 @@
 """What every baseline round shares: its state, keys, tier training and the metrics it reports.
 
 Baselines run on the same `RoundConfig`, `RoundData` and tier layout as FedConv (tiers unrolled
-at trace time, each tier's clients vmapped or `lax.map`ped), and report the same metric keys,
+at trace time, each tier's clients vmapped or `lax.map`ped, the client axis sharded over
+`devices` as FedConv's is), and report the same metric keys,
 so `metrics.round_row`, the run loop and the comparison runner treat every algorithm alike.
 """
 
@@ -11,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedconv_jax.client import local_train, map_clients
+from fedconv_jax.client import local_train
 from fedconv_jax.round import RoundConfig, RoundData
+from fedconv_jax.sharding import map_clients_over_devices
 from fedconv_jax.tuning import (
     IndexSet,
     evaluate,
@@ -82,16 +84,17 @@ def train_tier(
     """
     apply_fn = functools.partial(cfg.model.apply, ratio)
 
-    def one_client(variables, train_set, test_set, key):
+    def one_client(shared, variables, train_set, test_set, key):
+        images, labels = shared
         out = local_train(
-            apply_fn, variables, data.images, data.labels, train_set, key,
+            apply_fn, variables, images, labels, train_set, key,
             epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
         )
-        acc, _ = evaluate(lambda x: apply_fn(out, x)[0], data.images, data.labels, test_set, cfg.eval_chunk)
+        acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, cfg.eval_chunk)
         return out, acc
 
-    return map_clients(
-        cfg.client_parallelism, cfg.client_chunk, one_client,
+    return map_clients_over_devices(
+        cfg.devices, cfg.client_parallelism, cfg.client_chunk, one_client, (data.images, data.labels),
         start, data.client_train[tier], data.client_test[tier], keys,
     )
 
