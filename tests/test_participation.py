@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedconv_jax.config import default_config, validate
-from fedconv_jax.experiment import build_experiment
+from fedconv_jax.experiment import build_experiment, time_phases
 from fedconv_jax.participation import (
     attack_code,
     finite_mask,
@@ -14,7 +14,7 @@ from fedconv_jax.participation import (
     poison_uploads,
     select_clients,
 )
-from fedconv_jax.round import make_phases, make_round_fn
+from fedconv_jax.round import PHASES, make_phases, make_round_fn
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -96,6 +96,25 @@ def fault_round():
 
 def _flat(tree):
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def test_plain_averaging_keeps_the_aggregation_weights(fault_round):
+    exp, round_fn = fault_round
+    state, metrics = round_fn(exp.state, exp.data)
+    assert "aggregate/best_epoch" not in metrics
+    for new, old in zip(jax.tree.leaves((state.agg_weights, state.agg_opt)), jax.tree.leaves((exp.state.agg_weights, exp.state.agg_opt))):
+        np.testing.assert_array_equal(new, old)
+    assert not np.allclose(_flat(state.global_vars), _flat(exp.state.global_vars))
+
+
+def test_phase_separated_run_times_every_phase_and_equals_the_fused_round(fault_round):
+    exp, round_fn = fault_round
+    seconds, phased = time_phases(exp.round_config, exp.state, exp.data)
+    assert list(seconds) == list(PHASES) and all(s >= 0 for s in seconds.values())
+    fused, _ = round_fn(exp.state, exp.data)
+    np.testing.assert_allclose(_flat(phased.global_vars), _flat(fused.global_vars), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_flat(phased.dilation), _flat(fused.dilation), rtol=1e-6, atol=1e-6)
+    assert int(phased.round) == int(fused.round) == 1
 
 
 def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
