@@ -7,6 +7,7 @@ import pytest
 
 from fedconv_jax.config import default_config, validate
 from fedconv_jax.experiment import build_experiment, time_phases
+from fedconv_jax.metrics import CompileCounter
 from fedconv_jax.participation import (
     attack_code,
     finite_mask,
@@ -15,6 +16,7 @@ from fedconv_jax.participation import (
     select_clients,
 )
 from fedconv_jax.round import PHASES, make_phases, make_round_fn
+from fedconv_jax.sharding import jit_round, make_client_mesh
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -91,7 +93,17 @@ def _fault_config():
 @pytest.fixture(scope="module")
 def fault_round():
     exp = build_experiment(_fault_config())
-    return exp, jax.jit(make_round_fn(exp.round_config))
+    # As the CLI jits it: pinned input layouts, so the tests' edited copies of the data
+    # (NaN images, other masks) are laid out like the original and reuse one program.
+    round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(1), exp.state, exp.data, donate=False)
+    return exp, round_fn
+
+
+def _edit(data, **fields):
+    """`data` with `fields` replaced, laid out like the fields they replace: JAX's array
+    types carry their sharding, so an unplaced copy would retrace and recompile the round."""
+    layout = {k: jax.tree.map(lambda x: x.sharding, getattr(data, k)) for k in fields}
+    return data._replace(**{k: jax.device_put(v, layout[k]) for k, v in fields.items()})
 
 
 def _flat(tree):
@@ -119,20 +131,25 @@ def test_phase_separated_run_times_every_phase_and_equals_the_fused_round(fault_
 
 def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
     exp, round_fn = fault_round
+    counter = CompileCounter()
     data = exp.data
     assert exp.round_config.tier_ratios == (1.0, 0.5)
     # Client slot 0 of the SR 0.5 tier gets NaN training images: its upload is NaN.
     train = data.client_train[1]
     bad_idx = np.asarray(train.idx[0])[np.asarray(train.mask[0])]
-    nan_data = data._replace(images=data.images.at[bad_idx].set(jnp.nan))
-    state, metrics = round_fn(exp.state, nan_data)
+    nan_data = _edit(data, images=data.images.at[bad_idx].set(jnp.nan))
+    with counter.counting():
+        state, metrics = round_fn(exp.state, nan_data)
     assert int(metrics["excluded_clients"]) == 1 and int(metrics["dropped_clients"]) == 0
     np.testing.assert_array_equal(metrics["participating"][1], [False, True])
     assert np.isfinite(_flat(state.global_vars)).all()
     assert np.isfinite(float(metrics["global_accuracy"]))
     # Reference: the same round with that client absent from the start.
-    without = data._replace(client_mask=(data.client_mask[0], jnp.asarray([False, True])))
-    ref_state, ref_metrics = round_fn(exp.state, without)
+    without = _edit(data, client_mask=(data.client_mask[0], jnp.asarray([False, True])))
+    with counter.counting():
+        ref_state, ref_metrics = round_fn(exp.state, without)
+    assert counter.count <= 1  # edited inputs reuse the round's program (compiled here if first)
+
     assert int(ref_metrics["excluded_clients"]) == 0
     np.testing.assert_allclose(_flat(state.global_vars), _flat(ref_state.global_vars), rtol=0, atol=1e-6)
     # Its dilation filters and their optimizer state kept their old values; the other client's moved.
@@ -143,7 +160,7 @@ def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves((state.dilation, state.dilation_opt)))
 
     # Every upload non-finite: the global model stays as it was.
-    all_nan = data._replace(images=jnp.full_like(data.images, jnp.nan))
+    all_nan = _edit(data, images=jnp.full_like(data.images, jnp.nan))
     state, metrics = round_fn(exp.state, all_nan)
     assert int(metrics["excluded_clients"]) == 4
     np.testing.assert_array_equal(_flat(state.global_vars), _flat(exp.state.global_vars))
@@ -156,9 +173,9 @@ def test_sign_flipped_client_matches_the_linear_reference(fault_round):
     poisoned = (jnp.asarray([0, flip]), jnp.asarray([0, 0]))  # config client 3 (the last)
     np.testing.assert_array_equal(np.concatenate(data.poisoned), [0] * 4)  # poisoned_clients=0
     clean, _ = round_fn(exp.state, data)
-    attacked, metrics = round_fn(exp.state, data._replace(poisoned=poisoned))
+    attacked, metrics = round_fn(exp.state, _edit(data, poisoned=poisoned))
     assert int(metrics["excluded_clients"]) == 0  # a finite attack is not caught by the screen
-    without = data._replace(client_mask=(jnp.asarray([True, False]), data.client_mask[1]))
+    without = _edit(data, client_mask=(jnp.asarray([True, False]), data.client_mask[1]))
     ex, _ = round_fn(exp.state, without)
     # Plain mean: g = sum_j f_j u_j. Recover client 3's trained params from the two honest
     # rounds, then predict the attacked aggregate: g_clean - f_3 * (1 + scale) * (t_3 - received).
