@@ -34,9 +34,8 @@ def local_train(
     """
     optimizer = optax.adam(lr)
 
-    def step(carry, batch):
+    def train_step(carry, idx, mask):
         params, stats, opt_state = carry
-        idx, mask = batch
 
         def loss(p):
             logits, new_stats = apply_fn({"params": p, "batch_stats": stats}, images[idx], True)
@@ -44,9 +43,15 @@ def local_train(
 
         grads, new_stats = jax.grad(loss, has_aux=True)(params)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new = (optax.apply_updates(params, updates), new_stats, new_opt_state)
-        keep = jnp.any(mask)
-        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), None
+        return optax.apply_updates(params, updates), new_stats, new_opt_state
+
+    def step(carry, batch):
+        idx, mask = batch
+        # A client smaller than its tier's capacity ends every epoch with all-padding
+        # batches; `cond` skips their work when clients run one by one (`lax.map`); under
+        # `vmap` it becomes a select, computing both branches as before.
+        carry = jax.lax.cond(jnp.any(mask), train_step, lambda c, *_: c, carry, idx, mask)
+        return carry, None
 
     def epoch(carry, k):
         carry, _ = jax.lax.scan(step, carry, shuffled_batches(k, data, batch_size))
