@@ -26,6 +26,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from synthetic_round import build, mnist_pickle, paper_ratios, synthetic_mnist
@@ -70,7 +71,11 @@ def main(argv=None):
 
     if args.only_dilate:
         _, subs, _ = jax.jit(phases["compress"])(state, data)  # 0 tuning epochs: slicing
-        timed("dilate", state, data, subs)
+        uploads = tuple(  # every client slot sends back its tier's model untrained
+            jax.tree.map(lambda x, n=n: jnp.broadcast_to(x, (n, *x.shape)), sub)
+            for sub, n in zip(subs, cfg.tier_capacity)
+        )
+        timed("dilate", state, data, uploads)
         out = RESULTS / "paper_round_dilate.json"
         out.write_text(json.dumps({
             "command": " ".join(["python", *sys.argv]), "jax_version": jax.__version__, "platform": platform.platform(),
