@@ -50,6 +50,13 @@ class Experiment:
     tier_members: tuple[tuple[int, ...], ...]
 
 
+def _initial_state(config: ml_collections.ConfigDict, round_config: RoundConfig) -> ServerState | BaselineState:
+    key = jax.random.key(config.seed)
+    if config.algorithm == "fedconv":
+        return init_server_state(round_config, key)
+    return init_baseline_state(config.algorithm, round_config, key)
+
+
 def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = False) -> Experiment:
     """Loads and splits the data, uploads it once, and initialises the server state.
 
@@ -69,11 +76,7 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
         holdout_fraction=config.holdout_fraction, seed=config.seed, tier_capacity=capacity,
         poisoned_clients=config.poisoned_clients, poison_mode=config.poison_mode,
     )
-    key = jax.random.key(config.seed)
-    if config.algorithm == "fedconv":
-        init = functools.partial(init_server_state, round_config, key)
-    else:
-        init = functools.partial(init_baseline_state, config.algorithm, round_config, key)
+    init = functools.partial(_initial_state, config, round_config)
     state = jax.eval_shape(init) if abstract_state else init()
     # Laid out on the client mesh (1 device included), so round 2 sees round 1's input layout.
     mesh = make_client_mesh(config.devices)
@@ -130,7 +133,7 @@ def _prepare_workdir(
     latest = checkpointing.find_latest(workdir, exp.state, warn)
     if latest is None:
         warn(f"--resume: no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}; starting at round 1")
-        return init_server_state(exp.round_config, jax.random.key(config.seed)), []
+        return _initial_state(config, exp.round_config), []  # a baseline's state for a baseline
     state, meta, bad = latest
     checkpointing.check_config_change(
         meta["config"], checkpointing.jsonable_config(config), config.allow_config_change

@@ -181,3 +181,12 @@ def test_cli_refuses_fresh_run_over_checkpoints_and_changed_config(exp, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert "falling back" in err[0] and err[-1].startswith("fedconv-jax: error: no usable checkpoint")
     assert _snapshot(workdir) == before  # refusals write nothing
+
+
+def test_resume_without_a_checkpoint_starts_a_baseline_from_its_own_state(tmp_path, capsys):
+    """`compare` resumes combinations that were cut before their first checkpoint."""
+    extra = ("--config.algorithm=fedavg_small", "--config.rounds=1", "--config.client_costs=false")
+    assert _cli(tmp_path, "--resume", *extra) == 0
+    assert "no complete checkpoint" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["algorithm"]) for r in rows] == [(1, "fedavg_small")]

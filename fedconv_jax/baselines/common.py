@@ -63,10 +63,10 @@ def phase_key(state: BaselineState, phase: str) -> PRNGKey:
 
 
 def client_keys(key: PRNGKey, cfg: RoundConfig, tier: int) -> jax.Array:
-    """One key per client slot of a tier, folded from the slot's global (tier-major) index."""
-    offset = sum(cfg.tier_capacity[:tier])
-    slots = offset + jnp.arange(cfg.tier_capacity[tier])
-    return jax.vmap(lambda s: jax.random.fold_in(key, s))(slots)
+    """One key per client slot of a tier, folded from (tier, slot): padding an earlier tier's
+    capacity up to a multiple of the device count leaves every real client's key as it was."""
+    tier_key = jax.random.fold_in(key, tier)
+    return jax.vmap(lambda s: jax.random.fold_in(tier_key, s))(jnp.arange(cfg.tier_capacity[tier]))
 
 
 def broadcast_clients(variables: Variables, capacity: int) -> Variables:
