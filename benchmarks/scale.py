@@ -3,8 +3,13 @@
 Synthetic MNIST-shaped data (70,000 images). Tuning is reduced OPENLY so the sweep fits a
 shared 2-core CPU: 1 local epoch, 1 epoch each of compression, dilation and aggregation
 tuning, no pre-training, and a 1 % server tuning set (700 images) instead of 5 %. Prints
-seconds per round (compile excluded), client-steps per second, the compiled program's
-memory (XLA memory_analysis: arguments + temporaries) and the process's peak RSS.
+seconds per round (compile excluded), client-steps per second (steps on real data: each
+client's local_epochs x ceil(n_j / batch); padding steps are skipped inside the round and
+not counted), the compiled program's memory (XLA memory_analysis: arguments + temporaries)
+and the process's peak RSS. Unless --no-phases, each size is also run once phase by phase
+(experiment.time_phases: one more compile) to split the round into server time (compress,
+dilate, aggregate, evaluate) and client training, and to print the server's marginal
+seconds per added client between sweep points.
 
     python benchmarks/scale.py            # 10, 50, 100, 200, 500 clients
     python benchmarks/scale.py --quick    # 10 and 50 clients
@@ -20,14 +25,29 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from synthetic_round import build, paper_ratios, synthetic_mnist
 
+from fedconv_jax.experiment import time_phases
 from fedconv_jax.round import make_round_fn
 from fedconv_jax.sharding import request_cpu_devices
 
 RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+SERVER_PHASES = ("pretrain", "compress", "dilate", "aggregate", "evaluate")
+
+
+def client_steps(cfg, data) -> tuple[int, int]:
+    """(steps on real data, steps including the skipped all-padding ones) of one round."""
+    real = padded = 0
+    for train, mask in zip(data.client_train, data.client_mask):
+        n = np.asarray(jax.device_get(train.mask)).sum(axis=1)[np.asarray(jax.device_get(mask))]
+        real += int(np.sum(-(-n // cfg.local_batch_size))) * cfg.local_epochs
+        padded += int(mask.sum()) * cfg.local_epochs * (train.idx.shape[1] // cfg.local_batch_size)
+    return real, padded
 
 
 def main(argv=None):
@@ -37,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--client-parallelism", default="map")
     parser.add_argument("--client-chunk", type=int, default=1)
     parser.add_argument("--devices", type=int, default=1, help="XLA:CPU devices the client axis is sharded over")
+    parser.add_argument("--no-phases", action="store_true", help="skip the phase-separated run (and its compile)")
     args = parser.parse_args(argv)
     request_cpu_devices(args.devices)
     if args.quick:
@@ -50,6 +71,9 @@ def main(argv=None):
             compress_epochs=1, dilate_epochs=1, aggregate_epochs=1, split_fractions=(0.01, 0.2, 0.74, 0.05),
             client_parallelism=args.client_parallelism, client_chunk=args.client_chunk, devices=args.devices,
         )
+        phases = None
+        if not args.no_phases:
+            phases, _ = time_phases(cfg, state, data)  # state is not donated here
         start = time.perf_counter()
         compiled = jax.jit(make_round_fn(cfg), donate_argnums=0).lower(state, data).compile()
         compile_s = time.perf_counter() - start
@@ -59,23 +83,37 @@ def main(argv=None):
         state, metrics = compiled(state, data)
         jax.block_until_ready(metrics)
         seconds = time.perf_counter() - start
-        client_steps = cfg.num_clients * cfg.local_epochs * (data.client_train[0].idx.shape[1] // cfg.local_batch_size)
+        real_steps, padded_steps = client_steps(cfg, data)
         row = {
             "clients": k, "tiers": dict(zip(map(str, cfg.tier_ratios), cfg.tier_capacity)),
-            "seconds_per_round": seconds, "compile_s": compile_s, "client_steps": client_steps,
-            "client_steps_per_s": client_steps / seconds, "program_bytes": program_bytes,
+            "seconds_per_round": seconds, "compile_s": compile_s, "client_steps": real_steps,
+            "padded_client_steps": padded_steps, "client_steps_per_s": real_steps / seconds,
+            "program_bytes": program_bytes,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "global_accuracy": float(metrics["global_accuracy"]),
+            "phase_seconds": phases,
+            "server_seconds": None if phases is None else sum(phases[p] for p in SERVER_PHASES),
         }
         rows.append(row)
-        print(f"{k} clients: {seconds:.1f} s/round, {row['client_steps_per_s']:.0f} client-steps/s, "
+        split = "" if phases is None else (
+            f" (phase by phase: server {row['server_seconds']:.1f} s, clients {phases['clients']:.1f} s)"
+        )
+        print(f"{k} clients: {seconds:.1f} s/round{split}, {row['client_steps_per_s']:.0f} client-steps/s, "
               f"program {program_bytes / 2**30:.2f} GiB, peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB "
               f"(compile {compile_s:.0f} s)", flush=True)
-    print("\n| clients | s / round | client-steps / s | program memory GiB | peak RSS GiB | compile s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| clients | s / round | server s | server s per added client | client phase s | client-steps / s | program memory GiB | peak RSS GiB | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    previous = None
     for r in rows:
-        print(f"| {r['clients']} | {r['seconds_per_round']:.1f} | {r['client_steps_per_s']:.0f} |"
-              f" {r['program_bytes'] / 2**30:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} | {r['compile_s']:.0f} |")
+        server = "-" if r["server_seconds"] is None else f"{r['server_seconds']:.1f}"
+        marginal = "-"
+        if previous is not None and r["server_seconds"] is not None and previous["server_seconds"] is not None:
+            marginal = f"{(r['server_seconds'] - previous['server_seconds']) / (r['clients'] - previous['clients']):.3f}"
+        clients_s = "-" if r["phase_seconds"] is None else f"{r['phase_seconds']['clients']:.1f}"
+        print(f"| {r['clients']} | {r['seconds_per_round']:.1f} | {server} | {marginal} | {clients_s} |"
+              f" {r['client_steps_per_s']:.0f} | {r['program_bytes'] / 2**30:.2f} |"
+              f" {r['peak_rss_bytes'] / 2**30:.2f} | {r['compile_s']:.0f} |")
+        previous = r
     out = RESULTS / f"scale{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

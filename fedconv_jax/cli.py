@@ -2,11 +2,17 @@
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
 
-USAGE = "fedconv-jax run --config configs/<name>.py --workdir DIR [--resume] [--config.<field>=<value> ...]"
+USAGE = (
+    "fedconv-jax run --config configs/<name>.py --workdir DIR [--resume] [--compile-cache DIR|off] "
+    "[--config.<field>=<value> ...]"
+)
+DEFAULT_COMPILE_CACHE = "~/.cache/fedconv_jax/xla"
+COMPILE_CACHE_MAX_BYTES = 4 * 2**30  # least recently used programs are evicted beyond this
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
@@ -54,6 +60,24 @@ def _load_config(path, overrides):
     return config
 
 
+def _compile_cache_dir(flag: str | None) -> str | None:
+    """--compile-cache, else $JAX_COMPILATION_CACHE_DIR, else the default; "off" disables."""
+    path = flag if flag is not None else os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_COMPILE_CACHE)
+    return None if path in ("", "off") else str(Path(path).expanduser())
+
+
+def _use_compile_cache(flag: str | None) -> None:
+    """JAX's persistent compilation cache. A round program takes about a minute to compile on
+    CPU; a rerun of the same config (another seed, a resume, a compare cell) loads it instead.
+    Programs that compile in under a second are not stored."""
+    import jax
+
+    path = _compile_cache_dir(flag)
+    jax.config.update("jax_compilation_cache_dir", path)
+    if path is not None:
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+
+
 def _run(args, overrides) -> int:
     # Heavy imports only after the arguments parse, so `--help` and usage errors are instant.
     from fedconv_jax.config import ConfigError
@@ -62,6 +86,7 @@ def _run(args, overrides) -> int:
         config = _load_config(args.config, overrides)
     except ConfigError as err:
         return _fail(str(err))
+    _use_compile_cache(args.compile_cache)
 
     from fedconv_jax.experiment import run_experiment
 
@@ -153,6 +178,7 @@ def _compare(args, overrides) -> int:
         config = _load_config(args.config, overrides)
     except ConfigError as err:
         return _fail(str(err).replace("config.algorithms=", "--algorithms=").replace("config.alphas=", "--alphas="))
+    _use_compile_cache(args.compile_cache)
 
     from fedconv_jax.compare import run_comparison
 
@@ -193,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workdir", required=True, help="output directory (metrics.jsonl)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --workdir")
+    run.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                     help="persistent XLA compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+                     f"{DEFAULT_COMPILE_CACHE}); off = compile every run afresh")
     data = sub.add_parser("data", help="import, prepare or describe data sets", usage=DATA_USAGE)
     data_sub = data.add_subparsers(dest="data_command", required=True)
     imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")
@@ -213,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--alphas", required=True, help="comma-separated Dirichlet alphas")
     compare.add_argument("--workdir", required=True, help="output directory (one sub-directory per run)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                         help="persistent XLA compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+                     f"{DEFAULT_COMPILE_CACHE}); off = compile every run afresh")
     rest, overrides = _split_overrides(argv)
     args = parser.parse_args(rest)
     if args.command == "run":

@@ -118,3 +118,16 @@ def test_background_errors_print_one_line_not_a_traceback(monkeypatch, capsys):
         "fedconv-jax: warning: ignored background error: RuntimeError: Event loop is closed",
         "fedconv-jax: warning: background thread: ZeroDivisionError: division by zero",
     ]
+
+
+def test_compile_cache_flag_then_environment_then_default(monkeypatch, tmp_path):
+    from fedconv_jax.cli import DEFAULT_COMPILE_CACHE, _compile_cache_dir
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+    assert _compile_cache_dir(str(tmp_path / "flag")) == str(tmp_path / "flag")
+    assert _compile_cache_dir(None) == str(tmp_path / "env")
+    assert _compile_cache_dir("off") is None
+    assert _compile_cache_dir("") is None
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    assert _compile_cache_dir(None) == str(Path(DEFAULT_COMPILE_CACHE).expanduser())
+    assert "~" not in _compile_cache_dir(None)

@@ -3,11 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedconv_jax.config import default_config, validate
 from fedconv_jax.experiment import build_experiment
 from fedconv_jax.metrics import CompileCounter, params_digest
 from fedconv_jax.round import make_round_fn
+from fedconv_jax.sampling import sample_clients
 
 
 def tiny_config(model="cnn"):
@@ -60,13 +62,43 @@ def _with_seed(config, seed):
     return config
 
 
-def test_batchnorm_state_flows_through_the_round():
+@pytest.fixture(scope="module")
+def sampled_batchnorm_rounds():
+    """Rounds of the BatchNorm model with 2 of 4 clients drawn per round, up to the first
+    round whose per-tier counts differ from round 0's; one program serves both tests below."""
     config = tiny_config("cnn_bn")
+    config.clients_per_round = 2
     # Only what touches batch statistics: slicing, client training, dilation, re-estimation.
     config.pretrain_epochs = config.compress_epochs = config.aggregate_epochs = 0
     config.aggregation = "mean"
     exp = build_experiment(config)
-    state, _ = jax.jit(make_round_fn(exp.round_config))(exp.state, exp.data)
+    expected = []  # the draws the round must make (host side)
+    for r in range(20):
+        mask = sample_clients(exp.state.key, jnp.int32(r), exp.data.client_mask, 2)
+        expected.append(np.concatenate([np.asarray(m) for m in mask]))
+        if expected[-1][:2].sum() != expected[0][:2].sum():
+            break
+    counter = CompileCounter()
+    round_fn = jax.jit(make_round_fn(exp.round_config))
+    state, participating = exp.state, []
+    with counter.counting():
+        for _ in expected:
+            state, metrics = round_fn(state, exp.data)
+            participating.append(np.concatenate([np.asarray(x) for x in metrics["participating"]]))
+    return exp, state, expected, participating, counter.count
+
+
+def test_rounds_with_different_tier_counts_compile_once(sampled_batchnorm_rounds):
+    """Client sampling (sampling.py) inside the round: per-tier counts change, no recompile."""
+    _, _, expected, participating, compiles = sampled_batchnorm_rounds
+    assert expected[-1][:2].sum() != expected[0][:2].sum()
+    for got, want in zip(participating, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert compiles == 1
+
+
+def test_batchnorm_state_flows_through_the_round(sampled_batchnorm_rounds):
+    exp, state, _, _, _ = sampled_batchnorm_rounds
     before, after = exp.state.global_vars["batch_stats"], state.global_vars["batch_stats"]
     assert jax.tree.map(jnp.shape, before) == jax.tree.map(jnp.shape, after)
     assert not np.allclose(before["bn_1"]["mean"], after["bn_1"]["mean"])  # re-estimated on D
