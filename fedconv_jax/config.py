@@ -81,7 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mlr = False  # apply MLR (0.85x / 0.001x) to generated tensors (paper: True)
     c.pre_projection = "paper"  # "paper" (1x1 convs 1->16->1) or "affine" (reference code: a*x+b)
     c.residual = "all"  # residual add for "all" tensors, "conv" kernels only (reference), or "none"
-    c.filter_impl = "matmul"  # 2-D correlation of the filters: "matmul" (Toeplitz) or "conv" (lax.conv)
+    c.filter_impl = "fft"  # 2-D correlation of the filters: "fft" (fastest on CPU), "matmul" (Toeplitz) or "conv" (lax.conv)
     # --- aggregation (SPEC §4)
     c.aggregation = "learned"  # "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging)
     c.aggregation_granularity = "layer"  # learned weights per "layer" (tensor) or per "element"

@@ -19,7 +19,7 @@ from fedconv_jax.filters import (
 
 CONFIGS = [
     FilterConfig(),
-    FilterConfig(pre_projection="affine", residual="conv"),
+    FilterConfig(pre_projection="affine", residual="conv", impl="matmul"),
     FilterConfig(impl="conv"),
 ]
 
@@ -123,7 +123,7 @@ def np_filter_module(tap, x, residual, use_mlr, transpose):
     return np.where(y >= 0, 0.85 * y, 0.001 * y) if use_mlr else y
 
 
-@pytest.mark.parametrize("impl", ["matmul", "conv"])
+@pytest.mark.parametrize("impl", ["matmul", "fft", "conv"])
 @pytest.mark.parametrize("shape, kernel", [((16, 32), (5, 9)), ((40, 3), (11, 1)), ((1, 12), (1, 4)), ((6, 6), (6, 6))])
 def test_correlation_and_transpose_match_numpy(impl, shape, kernel):
     rng = np.random.default_rng(0)
@@ -137,17 +137,18 @@ def test_correlation_and_transpose_match_numpy(impl, shape, kernel):
     )
 
 
+@pytest.mark.parametrize("impl", ["matmul", "fft"])
 @pytest.mark.parametrize("shape, kernel", [((16, 32), (5, 9)), ((40, 3), (11, 1)), ((6, 6), (6, 6)), ((1568, 1), (393, 1))])
-def test_kernel_gradients_of_correlation_and_transpose_match_numpy(shape, kernel):
+def test_kernel_gradients_of_correlation_and_transpose_match_numpy(impl, shape, kernel):
     """d/dk sum(w * correlate(x, k)) = correlate(x, w); for the transpose the roles of x
     and w swap. (1568, 1) / (393, 1) is the MNIST head's dilation band at SR 0.75."""
     rng = np.random.default_rng(1)
     x, k = rng.normal(size=shape), rng.normal(size=kernel)
     w = rng.normal(size=(shape[0] - kernel[0] + 1, shape[1] - kernel[1] + 1))
     f32 = lambda a: jnp.asarray(a, jnp.float32)
-    grad = jax.jit(jax.grad(lambda kk: jnp.sum(f32(w) * correlate(f32(x), kk))))(f32(k))
+    grad = jax.jit(jax.grad(lambda kk: jnp.sum(f32(w) * correlate(f32(x), kk, impl))))(f32(k))
     np.testing.assert_allclose(grad, np_correlate(x, w), rtol=1e-4, atol=1e-3)
-    grad_t = jax.jit(jax.grad(lambda kk: jnp.sum(f32(x) * correlate_transpose(f32(w), kk))))(f32(k))
+    grad_t = jax.jit(jax.grad(lambda kk: jnp.sum(f32(x) * correlate_transpose(f32(w), kk, impl))))(f32(k))
     np.testing.assert_allclose(grad_t, np_correlate(x, w), rtol=1e-4, atol=1e-3)
 
 
