@@ -28,9 +28,10 @@ def global_params(mnist_model):
     return mnist_model.init(jax.random.key(0))["params"]
 
 
-# Longest modules first (measured CPU time under `--dist loadscope`, which hands modules to the
-# two workers in collection order): they start at once and the short ones fill the end,
-# instead of the longest two running last, side by side.
+# Longest modules first (measured CPU time). With `--dist loadscope --no-loadscope-reorder`
+# xdist hands modules to the workers in this collection order, so the long ones start at once
+# and the short ones fill the end; its default reorder (most tests first) ran the two
+# longest, single-test modules last, side by side.
 HEAVY_FIRST = (
     "test_sharding", "test_resume", "test_cli", "test_participation", "test_round",
     "test_baselines", "test_filters", "test_compare", "test_data_sources",
