@@ -13,6 +13,10 @@ USAGE = (
 )
 DEFAULT_COMPILE_CACHE = "~/.cache/fedconv_jax/xla"
 COMPILE_CACHE_MAX_BYTES = 4 * 2**30  # least recently used programs are evicted beyond this
+COMPILE_CACHE_HELP = (
+    f"persistent XLA compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else {DEFAULT_COMPILE_CACHE}); "
+    "off = compile every run afresh"
+)
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
@@ -219,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workdir", required=True, help="output directory (metrics.jsonl)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --workdir")
-    run.add_argument("--compile-cache", default=None, metavar="DIR|off",
-                     help="persistent XLA compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
-                     f"{DEFAULT_COMPILE_CACHE}); off = compile every run afresh")
+    run.add_argument("--compile-cache", default=None, metavar="DIR|off", help=COMPILE_CACHE_HELP)
     data = sub.add_parser("data", help="import, prepare or describe data sets", usage=DATA_USAGE)
     data_sub = data.add_subparsers(dest="data_command", required=True)
     imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")
@@ -242,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--alphas", required=True, help="comma-separated Dirichlet alphas")
     compare.add_argument("--workdir", required=True, help="output directory (one sub-directory per run)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
-    compare.add_argument("--compile-cache", default=None, metavar="DIR|off",
-                         help="persistent XLA compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
-                     f"{DEFAULT_COMPILE_CACHE}); off = compile every run afresh")
+    compare.add_argument("--compile-cache", default=None, metavar="DIR|off", help=COMPILE_CACHE_HELP)
     rest, overrides = _split_overrides(argv)
     args = parser.parse_args(rest)
     if args.command == "run":
