@@ -5,8 +5,9 @@ shared 2-core CPU: 1 local epoch, 1 epoch each of compression, dilation and aggr
 tuning, no pre-training, and a 1 % server tuning set (700 images) instead of 5 %. Prints
 seconds per round (compile excluded), client-steps per second (steps on real data: each
 client's local_epochs x ceil(n_j / batch); padding steps are skipped inside the round and
-not counted; over the clients phase when phases are timed, else over the round), the compiled program's memory (XLA memory_analysis: arguments + temporaries)
-and the process's peak RSS. Unless --no-phases, each size is also run once phase by phase
+not counted; over the clients phase when phases are timed, else over the round), the
+compiled program's memory (XLA memory_analysis: arguments + temporaries) and the process's
+peak RSS. Unless --no-phases, each size is also run once phase by phase
 (experiment.time_phases: one more compile) to split the round into server time (compress,
 dilate, aggregate, evaluate) and client training, and to print the server's marginal
 seconds per added client between sweep points.
