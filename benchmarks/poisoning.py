@@ -1,7 +1,7 @@
 """Global accuracy with 0, 1, 2 poisoned clients of 10: FedConv's learned aggregation vs plain
 sample-weighted averaging (`aggregation="mean"`).
 
-    python benchmarks/poisoning.py --quick                 # every client SR 0.5, sign flip, 8 rounds, 1 seed
+    python benchmarks/poisoning.py --quick                 # every client SR 0.5, sign flip, 5 rounds, 1 seed
     python benchmarks/poisoning.py                         # sign flip and noise, 30 rounds, 3 seeds
     python benchmarks/poisoning.py --dataset tfds:mnist    # after `fedconv-jax data import mnist ...`
     python benchmarks/poisoning.py --config.local_epochs=1 --config.devices=2   # any config override
@@ -78,7 +78,7 @@ def main() -> None:
     if args.quick:  # one SR tier instead of three: a small program to compile
         base.shrink_ratios = (0.5,) * base.num_clients
         base.local_epochs = 1
-    rounds = args.rounds or (8 if args.quick else base.rounds)
+    rounds = args.rounds or (5 if args.quick else base.rounds)
     seeds = args.seeds or (1 if args.quick else 3)
     modes = (args.modes or ("sign_flip" if args.quick else "sign_flip,noise")).split(",")
     attackers = [int(k) for k in args.attackers.split(",")]

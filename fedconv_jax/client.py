@@ -70,4 +70,6 @@ def map_clients(parallelism: str, chunk: int, fn: Callable, *xs):
     """
     if parallelism == "vmap":
         return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)
+    # batch_size=1 would still vmap every client over an axis of one, which turns the
+    # padded-batch `cond` into a select and batches every op; a plain map does neither.
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk if chunk > 1 else None)

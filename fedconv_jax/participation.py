@@ -6,6 +6,7 @@ a different program.
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -76,13 +77,28 @@ def poison_uploads(key: PRNGKey, received: Params, trained: Params, attack: jax.
         upload received + scale * N(0, 1) per element, the update replaced by noise.
       scale: attack strength.
     """
-    leaves, treedef = jax.tree.flatten(trained)
-    keys = jax.random.split(key, len(leaves))
-    noise = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
-    flipped = jax.tree.map(lambda t, r: r - scale * (t - r), trained, received)
-    noisy = jax.tree.map(lambda r, n: r + scale * n, received, noise)
-    out = select_clients(attack == attack_code("sign_flip"), flipped, trained)
-    return select_clients(attack == attack_code("noise"), noisy, out)
+    def attack_some(trained):
+        flipped = jax.tree.map(lambda t, r: r - scale * (t - r), trained, received)
+        noisy = jax.tree.map(lambda r, n: r + scale * n, received, _normal_like(key, trained))
+        out = select_clients(attack == attack_code("sign_flip"), flipped, trained)
+        return select_clients(attack == attack_code("noise"), noisy, out)
+
+    # Honest rounds (the usual case) skip drawing a normal per parameter of every client.
+    return jax.lax.cond(jnp.any(attack != 0), attack_some, lambda t: t, trained)
+
+
+def _normal_like(key: PRNGKey, stacked: Params) -> Params:
+    """N(0, 1) noise shaped like `stacked` (leading client axis), drawn as ONE array.
+
+    One draw split into leaves compiles in a fraction of the time of one draw per leaf
+    (measured 0.3 s against 6.4 s for the 8 leaves of the CNN on XLA:CPU).
+    """
+    leaves, treedef = jax.tree.flatten(stacked)
+    clients = leaves[0].shape[0]
+    sizes = [x[0].size for x in leaves]
+    flat = jax.random.normal(key, (clients, sum(sizes)), jnp.float32)
+    parts = jnp.split(flat, list(itertools.accumulate(sizes))[:-1], axis=1)
+    return jax.tree.unflatten(treedef, [p.reshape(x.shape).astype(x.dtype) for p, x in zip(parts, leaves)])
 
 
 __all__ = ["POISON_MODES", "attack_code", "finite_mask", "participation_mask", "poison_uploads", "select_clients"]

@@ -147,26 +147,30 @@ def tune(
         keep = jnp.any(m)  # an all-padding batch must not move Adam's moments or the params
         return jax.tree.map(lambda a, b: jnp.where(keep, a, b), (new_p, new_s), (p, s)), None
 
-    def epoch(carry, inputs):
+    def epoch(carry, e):
+        # Iteration e scores the parameters after e epochs, then trains epoch e + 1 (none
+        # after the last): one copy of the held-out evaluation in the program, not two.
         p, s, best = carry
-        e, k = inputs
-        lr = epoch_learning_rate(config, e).astype(jnp.float32)
-        s = s._replace(hyperparams={**s.hyperparams, "learning_rate": lr})
-        (p, s), _ = jax.lax.scan(step, (p, s), shuffled_batches(k, train, config.batch_size))
         acc, loss = holdout_metrics(p)
-        better = (loss < best[2]) | (not config.select_best)
-        candidate = (p, s, loss, acc, e + 1)
-        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), candidate, best)
+        better = (e == 0) | (loss < best[2]) | (not config.select_best)
+        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), (p, s, loss, acc, e), best)
+
+        def train_epoch(p, s):
+            lr = epoch_learning_rate(config, e).astype(jnp.float32)
+            s = s._replace(hyperparams={**s.hyperparams, "learning_rate": lr})
+            batches = shuffled_batches(keys[jnp.minimum(e, config.epochs - 1)], train, config.batch_size)
+            (p, s), _ = jax.lax.scan(step, (p, s), batches)
+            return p, s
+
+        p, s = jax.lax.cond(e < config.epochs, train_epoch, lambda p, s: (p, s), p, s)
         return (p, s, best), None
 
-    acc0, loss0 = holdout_metrics(params)
-    best0 = (params, opt_state, loss0, acc0, jnp.int32(0))
     if config.epochs == 0:
-        return TuneResult(*best0)
+        acc, loss = holdout_metrics(params)
+        return TuneResult(params, opt_state, loss, acc, jnp.int32(0))
     keys = jax.random.split(key, config.epochs)
-    (_, _, best), _ = jax.lax.scan(
-        epoch, (params, opt_state, best0), (jnp.arange(config.epochs), keys)
-    )
+    best0 = (params, opt_state, jnp.float32(jnp.inf), jnp.float32(0), jnp.int32(0))
+    (_, _, best), _ = jax.lax.scan(epoch, (params, opt_state, best0), jnp.arange(config.epochs + 1))
     return TuneResult(*best)
 
 

@@ -75,6 +75,19 @@ def test_poison_uploads_against_numpy(mode):
         assert not np.allclose(noise[0], noise[1])  # every attacker draws its own noise
 
 
+def test_poison_noise_is_drawn_per_leaf_and_honest_rounds_pass_through():
+    rng = np.random.default_rng(0)
+    received = {"w": np.zeros((30, 20), np.float32), "b": np.zeros((40,), np.float32)}
+    trained = {k: rng.normal(size=(2, *v.shape)).astype(np.float32) for k, v in received.items()}
+    noisy = poison_uploads(jax.random.key(1), received, trained, jnp.asarray([attack_code("noise")] * 2), 1.0)
+    for leaf in ("w", "b"):
+        assert noisy[leaf].shape == trained[leaf].shape
+        assert abs(float(np.std(noisy[leaf])) - 1.0) < 0.15 and abs(float(np.mean(noisy[leaf]))) < 0.15
+    assert not np.allclose(np.asarray(noisy["w"]).ravel()[:40], np.asarray(noisy["b"][0]))  # leaves differ
+    honest = poison_uploads(jax.random.key(1), received, trained, jnp.zeros(2, jnp.int32), 1.0)
+    jax.tree.map(np.testing.assert_array_equal, honest, trained)
+
+
 def _fault_config():
     """Cheap to compile (no pretraining, no compression tuning, plain mean aggregation);
     SR 1 clients last, so the last client (the poisoned one) uploads undilated params."""
