@@ -49,7 +49,7 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import torch_peer
 
-from fedconv_jax.client import local_train
+from fedconv_jax.client import local_train, map_clients
 from fedconv_jax.models.zoo import make_model
 from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
 from fedconv_jax.tuning import IndexSet, masked_cross_entropy, shuffled_batches
@@ -150,9 +150,7 @@ def make_compiled(model, variables, images, labels, data, keys, args, strategy: 
 
     def local_map(shared, data, keys):
         one = functools.partial(one_client, shared)
-        if strategy == "vmap":
-            return jax.vmap(one)(data, keys)
-        return jax.lax.map(lambda a: one(*a), (data, keys), batch_size=args.chunk)
+        return map_clients("vmap" if strategy == "vmap" else "map", args.chunk, one, data, keys)
 
     shared = (variables, images, labels)
     if "@" in strategy:
