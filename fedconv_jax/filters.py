@@ -190,28 +190,39 @@ def apply_tap(
 # --------------------------------------------------------------------------- init
 
 
-def _uniform(key: PRNGKey, shape, bound: float) -> jax.Array:
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _noise_size(taps: int, k1: int, k2: int, residual: bool, config: FilterConfig) -> int:
+    """How many U(-1, 1) draws `_init_filter` consumes for one tensor."""
+    if config.init == "random":
+        hidden = config.hidden
+        pre = 2 * taps if config.pre_projection == "affine" else 3 * taps * hidden + taps
+        return pre + taps * k1 * k2
+    return taps * config.hidden if config.pre_projection == "paper" and residual else 0
 
 
-def init_filter(
-    key: PRNGKey, taps: int, k1: int, k2: int, residual: bool, config: FilterConfig
-) -> dict:
-    """Filter parameters of one tensor: a leading `taps` axis on every array."""
-    keys = jax.random.split(key, 5)
+def _init_filter(noise: jax.Array, taps: int, k1: int, k2: int, residual: bool, config: FilterConfig) -> dict:
+    """Filter parameters of one tensor (a leading `taps` axis on every array), its random
+    values taken in order from `noise`, a flat U(-1, 1) array of `_noise_size` entries."""
+    offset = 0
+
+    def uniform(shape, bound):  # U(-bound, bound): the next prod(shape) draws
+        nonlocal offset
+        size = int(np.prod(shape))
+        offset += size
+        return bound * noise[offset - size : offset].reshape(shape)
+
     hidden = config.hidden
     if config.init == "random":  # PyTorch's default: kaiming_uniform(a=sqrt(5)) -> U(+-1/sqrt(fan_in))
         if config.pre_projection == "affine":
-            pre = {"a": _uniform(keys[0], (taps,), 1.0), "b": _uniform(keys[1], (taps,), 1.0)}
+            pre = {"a": uniform((taps,), 1.0), "b": uniform((taps,), 1.0)}
         else:
             bound2 = 1.0 / np.sqrt(hidden)
             pre = {
-                "w1": _uniform(keys[0], (taps, hidden), 1.0),
-                "b1": _uniform(keys[1], (taps, hidden), 1.0),
-                "w2": _uniform(keys[2], (taps, hidden), bound2),
-                "b2": _uniform(keys[3], (taps,), bound2),
+                "w1": uniform((taps, hidden), 1.0),
+                "b1": uniform((taps, hidden), 1.0),
+                "w2": uniform((taps, hidden), bound2),
+                "b2": uniform((taps,), bound2),
             }
-        v = _uniform(keys[4], (taps, k1, k2), 1.0 / np.sqrt(k1 * k2))
+        v = uniform((taps, k1, k2), 1.0 / np.sqrt(k1 * k2))
         g = jnp.sqrt(jnp.sum(v**2, axis=(1, 2)))  # PyTorch weight_norm starts at g = ||V||
         return {"pre": pre, "v": v, "g": g}
 
@@ -220,7 +231,7 @@ def init_filter(
         pre = {"a": jnp.full((taps,), 0.0 if residual else 1.0, jnp.float32), "b": jnp.zeros((taps,))}
     elif residual:  # second 1x1 conv zero: output 0, the first layer still gets gradients later
         pre = {
-            "w1": _uniform(keys[0], (taps, hidden), 1.0),
+            "w1": uniform((taps, hidden), 1.0),
             "b1": jnp.zeros((taps, hidden)),
             "w2": jnp.zeros((taps, hidden)),
             "b2": jnp.zeros((taps,)),
@@ -246,15 +257,20 @@ def init_filters(key: PRNGKey, big: Params, small: Params, config: FilterConfig)
     """Filters mapping every tensor of `big` to the shape of the matching tensor of `small`.
 
     Only shapes are read, so `big`/`small` may be arrays or `jax.ShapeDtypeStruct`s. The
-    result has the structure of `big`, each leaf replaced by a dict of filter arrays.
+    result has the structure of `big`, each leaf replaced by a dict of filter arrays. All
+    random values come from ONE draw: a draw per tensor compiles several times slower on
+    XLA:CPU (benchmarks/README.md, session 5).
     """
     leaves, treedef = jax.tree.flatten(big)
     small_leaves = treedef.flatten_up_to(small)
-    keys = jax.random.split(key, len(leaves))
-    filters = []
-    for k, b, s in zip(keys, leaves, small_leaves):
-        taps, k1, k2 = filter_kernel_shape(tuple(b.shape), tuple(s.shape))
-        filters.append(init_filter(k, taps, k1, k2, _has_residual(len(b.shape), config), config))
+    specs = [
+        (*filter_kernel_shape(tuple(b.shape), tuple(s.shape)), _has_residual(len(b.shape), config))
+        for b, s in zip(leaves, small_leaves)
+    ]
+    sizes = [_noise_size(*spec, config) for spec in specs]
+    noise = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    chunks = jnp.split(noise, np.cumsum(sizes)[:-1].tolist()) if sizes else []
+    filters = [_init_filter(chunk, *spec, config) for chunk, spec in zip(chunks, specs)]
     return jax.tree.unflatten(treedef, filters)
 
 

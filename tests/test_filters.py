@@ -5,17 +5,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedconv_jax.compression import compress, compress_batch_stats, init_compression_filters
+from fedconv_jax.compression import (
+    compress,
+    compress_batch_stats,
+    init_compression_filters,
+)
 from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
-from fedconv_jax.models import make_model
 from fedconv_jax.filters import (
     FilterConfig,
     apply_tap,
     correlate,
     correlate_transpose,
     filter_kernel_shape,
+    init_filters,
     mlr,
 )
+from fedconv_jax.models import make_model
 
 CONFIGS = [
     FilterConfig(),
@@ -152,14 +157,28 @@ def test_kernel_gradients_of_correlation_and_transpose_match_numpy(impl, shape, 
     np.testing.assert_allclose(grad_t, np_correlate(x, w), rtol=1e-4, atol=1e-3)
 
 
+def test_random_init_draws_each_tensor_its_own_values_within_pytorchs_bounds():
+    config = FilterConfig(init="random")
+    shape = jax.ShapeDtypeStruct((16, 32), jnp.float32)
+    small = jax.ShapeDtypeStruct((12, 24), jnp.float32)
+    filt = init_filters(jax.random.key(0), {"a": shape, "b": shape}, {"a": small, "b": small}, config)
+    bound2, bound_v = 1.0 / np.sqrt(config.hidden), 1.0 / np.sqrt(5 * 9)
+    for leaf in ("a", "b"):
+        pre, v = filt[leaf]["pre"], np.asarray(filt[leaf]["v"])
+        assert np.abs(pre["w1"]).max() <= 1.0 and np.abs(pre["w2"]).max() <= bound2
+        assert np.abs(v).max() <= bound_v and np.abs(v).max() > 0.5 * bound_v  # spans the range
+        np.testing.assert_allclose(filt[leaf]["g"], np.sqrt((v**2).sum(axis=(1, 2))), rtol=1e-6)
+    assert not np.allclose(filt["a"]["v"], filt["b"]["v"])  # no tensor reuses another's draws
+    assert not np.allclose(filt["a"]["pre"]["w1"], filt["a"]["pre"]["b1"])
+
+
 @pytest.mark.parametrize("pre_projection", ["paper", "affine"])
 @pytest.mark.parametrize("use_mlr", [False, True])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_filter_module_matches_numpy(pre_projection, use_mlr, transpose):
     config = FilterConfig(pre_projection=pre_projection, mlr=use_mlr, init="random")
-    from fedconv_jax.filters import init_filter
-
-    filt = init_filter(jax.random.key(3), 1, 5, 9, True, config)
+    big, small = jax.ShapeDtypeStruct((16, 32), jnp.float32), jax.ShapeDtypeStruct((12, 24), jnp.float32)
+    filt = init_filters(jax.random.key(3), {"w": big}, {"w": small}, config)["w"]  # kernel (1, 5, 9)
     tap = jax.tree.map(lambda a: a[0], filt)
     shape = (12, 24) if transpose else (16, 32)
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
