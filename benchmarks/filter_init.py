@@ -13,8 +13,9 @@ Usage (from the repository root)::
 
 `--quick` runs 1 pre-training epoch on 10k train images, 1 tuning epoch, SR 0.75 only and
 two set-ups (the reference code's and ours), and tests on 2k test images: a check that the
-script runs, in under a minute on a 2-core CPU. Results go to benchmarks/results/filter_init.json (filter_init_quick.json with
-`--quick`) unless `--out` is given.
+script runs, in under a minute on a 2-core CPU. Results go to
+benchmarks/results/filter_init.json (filter_init_quick.json with `--quick`) unless `--out`
+is given.
 """
 
 import argparse
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="1 + 1 epochs, SR 0.75 only"
+        "--quick", action="store_true", help="1 + 1 epochs, SR 0.75, 2 set-ups, 10k/2k images"
     )
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/...)")
     parser.add_argument("--train-limit", type=int, help="pre-train on the first N train images")
