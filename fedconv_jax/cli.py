@@ -1,6 +1,7 @@
 """`fedconv-jax` command line: run a config, print one-line errors for bad input (exit 2)."""
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -78,8 +79,18 @@ def _use_compile_cache(flag: str | None) -> None:
 
     path = _compile_cache_dir(flag)
     jax.config.update("jax_compilation_cache_dir", path)
-    if path is not None:
-        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+    if path is None:
+        return
+    if importlib.util.find_spec("filelock") is None:
+        # JAX then refuses every cache read and write with a warning per program; an
+        # uncapped cache works without it.
+        print(
+            "fedconv-jax: note: the filelock package is missing (pip install filelock), so the "
+            f"compilation cache in {path} is not capped at {COMPILE_CACHE_MAX_BYTES / 2**30:g} GiB",
+            file=sys.stderr,
+        )
+        return
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
 
 
 def _run(args, overrides) -> int:

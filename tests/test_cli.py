@@ -13,14 +13,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.py")
 
 
-def test_smoke_config_learns_and_compiles_once(tmp_path):
-    workdir = tmp_path / "smoke"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedconv_jax.cli", "run", "--config", SMOKE, "--workdir", str(workdir), "--quiet"],
+def _smoke_run(workdir: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The README's first command as a fresh install runs it (progress bar included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedconv_jax.cli", "run", "--config", SMOKE, "--workdir", str(workdir),
+         "--compile-cache", str(cache), *extra],
         capture_output=True, text=True, timeout=900,  # a safety stop: a shared CI core can triple the ~2 min run
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_config_learns_compiles_once_and_reruns_from_the_cache(tmp_path):
+    """The smoke run, then a rerun that must load its programs from the compilation cache.
+
+    The cache is this test's own (not the test run's shared one), so the first run compiles
+    everything and the second shows what a user's rerun gets. A missing dependency of JAX's
+    cache (filelock) once made every read and write fail with a warning, and reruns compiled
+    in full.
+    """
+    cache = tmp_path / "xla"
+    first = _smoke_run(tmp_path / "smoke", cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "smoke" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, 31))
     for row in rows:
         assert row["compiles"] == 1
@@ -32,6 +45,20 @@ def test_smoke_config_learns_and_compiles_once(tmp_path):
     assert rows[-1]["global_accuracy"] >= 0.85
     assert rows[-1]["client_accuracy"] >= 0.7
     assert len({r["global_params_digest"] for r in rows}) == 30
+    assert any(cache.iterdir()), "the compilation cache stored nothing"
+
+    second = _smoke_run(tmp_path / "rerun", cache, "--config.rounds=2")  # same programs
+    assert second.returncode == 0, second.stderr[-2000:]
+    rerun = [json.loads(line) for line in (tmp_path / "rerun" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_params_digest"] for r in rerun] == [r["global_params_digest"] for r in rows[:2]]
+    assert rerun[0]["compile_seconds"] < rows[0]["compile_seconds"] / 4, (rerun[0]["compile_seconds"], rows[0]["compile_seconds"])
+    for proc in (first, second):
+        output = proc.stdout + proc.stderr
+        assert "warning" not in output.lower(), output[-2000:]
+        assert "Traceback" not in output
+        # Nothing but the progress bar (carriage-return updates on stderr) and the result line.
+        assert proc.stdout.strip().startswith("round "), proc.stdout
+        assert all(line.startswith("rounds:") for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()), proc.stderr[-2000:]
 
 
 BAD = [
