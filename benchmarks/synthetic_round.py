@@ -7,14 +7,11 @@ benchmarks need no download: uniform [0, 1) 28x28x1 images, uniform labels in 0.
 import gzip
 import pickle
 
-import jax
 import numpy as np
 
-from fedconv_jax.config import default_config, make_round_config, validate
-from fedconv_jax.data import Dataset, split_federated
-from fedconv_jax.device_data import group_tiers, make_round_data
-from fedconv_jax.round import init_server_state
-from fedconv_jax.sharding import make_client_mesh, padded_capacity, shard_round_inputs
+from fedconv_jax.config import default_config, validate
+from fedconv_jax.data import Dataset
+from fedconv_jax.experiment import Experiment, build_experiment
 
 PAPER_SR_MIX = ((1.0, 0.2), (0.75, 0.4), (0.5, 0.2), (0.25, 0.2))  # (SR, share of clients)
 
@@ -45,20 +42,18 @@ def mnist_pickle(path: str) -> Dataset:
 def build(dataset: Dataset, **overrides):
     """(RoundConfig, RoundData, ServerState) for `dataset` and config overrides, laid out on
     the client mesh of `devices` as the CLI lays them out (request the devices first)."""
+    exp = build_experiment(_config(**overrides), dataset=dataset)
+    return exp.round_config, exp.data, exp.state
+
+
+def _config(**overrides):
     config = default_config()
     for field, value in overrides.items():
         config[field] = value
     validate(config)
-    split = split_federated(
-        dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions)
-    )
-    ratios, members = group_tiers(config.shrink_ratios)
-    capacity = tuple(padded_capacity(len(m), config.devices) for m in members)
-    round_config = make_round_config(config, ratios, capacity, 10, dataset.images.shape[1:])
-    data = make_round_data(
-        dataset, split, members, batch_size=config.batch_size,
-        holdout_fraction=config.holdout_fraction, seed=config.seed, tier_capacity=capacity,
-    )
-    state = init_server_state(round_config, jax.random.key(config.seed))
-    state, data = shard_round_inputs(make_client_mesh(config.devices), state, data)
-    return round_config, data, state
+    return config
+
+
+def build_synthetic_experiment(dataset: Dataset, **overrides) -> Experiment:
+    """The CLI's `Experiment` for `dataset` and config overrides."""
+    return build_experiment(_config(**overrides), dataset=dataset)

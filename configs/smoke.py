@@ -1,4 +1,4 @@
-"""Smoke test: bundled digits, 10 clients in 3 SR tiers; about a minute on a 2-core CPU.
+"""Smoke test: bundled digits, 10 clients in 3 SR tiers; about 1.5 minutes on a 2-core CPU.
 
     fedconv-jax run --config configs/smoke.py --workdir runs/smoke
 """

@@ -20,7 +20,7 @@ from fedconv_jax.baselines import (
 )
 from fedconv_jax.config import make_round_config
 from fedconv_jax.costs import client_costs
-from fedconv_jax.data import load_dataset, split_federated
+from fedconv_jax.data import Dataset, load_dataset, split_federated
 from fedconv_jax.device_data import group_tiers, make_round_data
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 from fedconv_jax.round import (
@@ -64,13 +64,17 @@ def _initial_state(config: ml_collections.ConfigDict, round_config: RoundConfig)
     return _jitted_initial_state(config.algorithm, round_config, np.int32(config.seed))
 
 
-def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = False) -> Experiment:
+def build_experiment(
+    config: ml_collections.ConfigDict, abstract_state: bool = False, dataset: Dataset | None = None
+) -> Experiment:
     """Loads and splits the data, uploads it once, and initialises the server state.
 
     With `abstract_state`, the state is only its shapes (`jax.eval_shape`): enough to restore
-    a checkpoint into, without paying for the initialisation.
+    a checkpoint into, without paying for the initialisation. `dataset` replaces the config's
+    data set (benchmarks on in-memory data).
     """
-    dataset = load_dataset(config.dataset, config.data_dir or None)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir or None)
     split = split_federated(
         dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions),
         partition=config.partition, shards_per_client=config.shards_per_client,
@@ -91,6 +95,18 @@ def build_experiment(config: ml_collections.ConfigDict, abstract_state: bool = F
     if not abstract_state:
         state = jax.device_put(state, state_shardings(mesh, state))
     return Experiment(config, round_config, data, state, members)
+
+
+def round_program(exp: Experiment) -> tuple[Callable, tuple]:
+    """The run's round function, jitted as the run loop jits it (state donated, layouts
+    pinned), and the inputs it is called with."""
+    config = exp.config
+    if config.algorithm == "fedconv":
+        round_fn = make_round_fn(exp.round_config)
+    else:
+        round_fn = make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain)
+    mesh = make_client_mesh(config.devices)
+    return jit_round(round_fn, mesh, exp.state, exp.data), (exp.state, exp.data)
 
 
 def time_phases(
@@ -186,11 +202,7 @@ def run_experiment(
     }
     counter = CompileCounter()
     mesh = make_client_mesh(config.devices)
-    if config.algorithm == "fedconv":
-        round_fn = make_round_fn(exp.round_config)
-    else:
-        round_fn = make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain)
-    round_fn = jit_round(round_fn, mesh, exp.state, exp.data)
+    round_fn, _ = round_program(exp)
     state = jax.device_put(state, state_shardings(mesh, state))  # a restored state arrives unplaced
 
     costs = None
