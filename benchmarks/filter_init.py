@@ -88,12 +88,12 @@ def run_tune(logits_fn, params, data: tuple, key: jax.Array, config: TuningConfi
     Returns:
       (TuneResult, compile seconds, run seconds).
     """
-    args = (params, make_optimizer(config).init(params), *data, key)
+    args = (params, make_optimizer().init(params), *data, key)
     start = time.perf_counter()
     compiled = (
         jax.jit(
             lambda p, s, im, lb, tr, ho, k: tune(
-                logits_fn, p, s, im, lb, tr, ho, k, config
+                logits_fn, p, s, im, lb, tr, ho, k, config, lr=1e-3
             )
         )
         .lower(*args)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     tune_cfg = TuningConfig(
-        epochs=args.epochs, batch_size=32, lr=1e-3, select_best=False
+        epochs=args.epochs, batch_size=32, select_best=False
     )
     compress_jit = jax.jit(compress, static_argnums=2)
     # Jitted: run eagerly, the inits dispatch (and compile) about a hundred small ops each.

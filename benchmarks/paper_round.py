@@ -18,6 +18,7 @@ models sent back untrained (the same shapes and step counts as in a real round).
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -29,9 +30,20 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from synthetic_round import build, mnist_pickle, paper_ratios, synthetic_mnist
+from synthetic_round import (
+    build_synthetic_experiment,
+    mnist_pickle,
+    paper_ratios,
+    synthetic_mnist,
+)
 
-from fedconv_jax.round import PHASES, make_phases, make_round_fn
+from fedconv_jax.round import (
+    PHASES,
+    compress_phase,
+    dilate_phase,
+    make_round_fn,
+    run_phases,
+)
 from fedconv_jax.sharding import request_cpu_devices
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -52,16 +64,16 @@ def main(argv=None):
         epochs, local, pretrain, ratios, images = 1, 1, 1, (0.5, 0.5), 3_500
     load_start = os.getloadavg()
     dataset = mnist_pickle(args.data) if args.data else synthetic_mnist(images)
-    cfg, data, state = build(
+    exp = build_synthetic_experiment(
         dataset, num_clients=len(ratios), shrink_ratios=ratios, local_epochs=local, pretrain_epochs=pretrain,
         compress_epochs=0 if args.only_dilate else epochs, dilate_epochs=epochs, aggregate_epochs=epochs,
         client_parallelism=args.client_parallelism, client_chunk=args.client_chunk, devices=args.devices,
     )
-    phases = make_phases(cfg)
+    cfg, data, state, hparams = exp.round_config, exp.data, exp.state, exp.hparams
     seconds, gflop = {}, {}
 
-    def timed(name, *inputs):
-        compiled = jax.jit(phases[name]).lower(*inputs).compile()
+    def timed(name, fn, *inputs):
+        compiled = jax.jit(fn).lower(*inputs).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         gflop[name] = (cost or {}).get("flops", float("nan")) / 1e9
@@ -72,12 +84,12 @@ def main(argv=None):
         return out
 
     if args.only_dilate:
-        _, subs, _ = jax.jit(phases["compress"])(state, data)  # 0 tuning epochs: slicing
+        _, subs, _ = jax.jit(functools.partial(compress_phase, cfg))(state, data, hparams)  # 0 tuning epochs: slicing
         uploads = tuple(  # every client slot sends back its tier's model untrained
             jax.tree.map(lambda x, n=n: jnp.broadcast_to(x, (n, *x.shape)), sub)
             for sub, n in zip(subs, cfg.tier_capacity)
         )
-        timed("dilate", state, data, uploads)
+        timed("dilate", functools.partial(dilate_phase, cfg), state, data, hparams, uploads)
         out = RESULTS / "paper_round_dilate.json"
         out.write_text(json.dumps({
             "command": " ".join(["python", *sys.argv]), "jax_version": jax.__version__, "platform": platform.platform(),
@@ -85,17 +97,12 @@ def main(argv=None):
         }, indent=2))
         print(f"load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}; wrote {out}")
         return
-    s = timed("pretrain", state, data)
-    s, subs, _ = timed("compress", s, data)
-    trained, _ = timed("clients", s, data, subs)
-    s, dilated, _ = timed("dilate", s, data, trained)
-    s, _ = timed("aggregate", s, data, dilated)
-    timed("evaluate", s, data)
+    run_phases(cfg, state, data, hparams, call=timed)  # the round's own phase chain, each phase compiled alone
     fused_s, accuracy = None, None
     if not args.quick:
-        fused = jax.jit(make_round_fn(cfg)).lower(state, data).compile()
+        fused = jax.jit(make_round_fn(cfg)).lower(state, data, hparams).compile()
         start = time.perf_counter()
-        _, metrics = jax.block_until_ready(fused(state, data))
+        _, metrics = jax.block_until_ready(fused(state, data, hparams))
         fused_s, accuracy = time.perf_counter() - start, float(metrics["global_accuracy"])
     print("\n| phase | seconds | GFLOP (XLA, loop bodies once) |")
     print("|---|---|---|")

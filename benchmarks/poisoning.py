@@ -41,7 +41,7 @@ def run(config, rounds: int) -> list[float]:
     round_fn = _round_fn(exp.round_config)
     state, accuracy = exp.state, []
     for _ in range(rounds):
-        state, metrics = round_fn(state, exp.data)
+        state, metrics = round_fn(state, exp.data, exp.hparams)
         accuracy.append(float(metrics["global_accuracy"]))
     return accuracy
 
@@ -50,7 +50,8 @@ _COMPILED = {}
 
 
 def _round_fn(round_config):
-    # One jit per RoundConfig, reused across seeds and numbers of attackers (no recompile).
+    # One jit per RoundConfig, reused across seeds, numbers of attackers and poison scales
+    # (all of them round inputs: no recompile).
     if round_config not in _COMPILED:
         _COMPILED[round_config] = jax.jit(make_round_fn(round_config), donate_argnums=0)
     return _COMPILED[round_config]

@@ -39,13 +39,6 @@ def mnist_pickle(path: str) -> Dataset:
     return Dataset(name="mnist", images=images, labels=labels, num_classes=10)
 
 
-def build(dataset: Dataset, **overrides):
-    """(RoundConfig, RoundData, ServerState) for `dataset` and config overrides, laid out on
-    the client mesh of `devices` as the CLI lays them out (request the devices first)."""
-    exp = build_experiment(_config(**overrides), dataset=dataset)
-    return exp.round_config, exp.data, exp.state
-
-
 def _config(**overrides):
     config = default_config()
     for field, value in overrides.items():

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from fedconv_jax.aggregation import GRANULARITIES
@@ -25,7 +26,13 @@ from fedconv_jax.filters import (
 )
 from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
 from fedconv_jax.participation import POISON_MODES
-from fedconv_jax.round import AGGREGATIONS, CLIENT_PARALLELISM, RoundConfig
+from fedconv_jax.round import (
+    AGGREGATIONS,
+    CLIENT_PARALLELISM,
+    HPARAMS,
+    HParams,
+    RoundConfig,
+)
 from fedconv_jax.tuning import TuningConfig
 
 ALGORITHMS = ("fedconv", *BASELINES)
@@ -238,13 +245,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 raise ConfigError(field, config[field], f"{idle} with algorithm={config.algorithm} (fedconv only)")
 
 
+def make_hparams(config: ml_collections.ConfigDict) -> HParams:
+    """The round's traced hyper-parameters of a validated config: {field: float32 scalar}.
+
+    They are an argument of the compiled round, not part of it: another value reuses the
+    program (and `jax.grad` can take their gradient).
+    """
+    return {name: jnp.asarray(config[name], jnp.float32) for name in HPARAMS}
+
+
 def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape) -> RoundConfig:
     """Builds the static RoundConfig of a validated config."""
 
     def filter_tuning(epochs):
         return TuningConfig(
-            epochs=epochs, batch_size=config.batch_size, lr=config.filter_lr,
-            lr_min=config.filter_lr_min, cosine_t_max=config.cosine_t_max, select_best=config.select_best,
+            epochs=epochs, batch_size=config.batch_size, cosine_t_max=config.cosine_t_max,
+            select_best=config.select_best,
         )
 
     return RoundConfig(
@@ -255,29 +271,20 @@ def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capac
             pre_projection=config.pre_projection, residual=config.residual, mlr=config.mlr,
             init=config.filter_init, impl=config.filter_impl,
         ),
-        pretrain=TuningConfig(
-            epochs=config.pretrain_epochs, batch_size=config.batch_size, lr=config.pretrain_lr,
-            select_best=config.select_best,
-        ),
+        pretrain=TuningConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, select_best=config.select_best),
         compress=filter_tuning(config.compress_epochs),
         dilate=filter_tuning(config.dilate_epochs),
-        aggregate=TuningConfig(
-            epochs=config.aggregate_epochs, batch_size=config.batch_size, lr=config.aggregate_lr,
-            select_best=config.select_best,
-        ),
+        aggregate=TuningConfig(epochs=config.aggregate_epochs, batch_size=config.batch_size, select_best=config.select_best),
         pretrain_every_round=config.pretrain_every_round,
         local_epochs=config.local_epochs,
         local_batch_size=config.batch_size,
-        local_lr=config.local_lr,
         aggregation=config.aggregation,
         aggregation_granularity=config.aggregation_granularity,
         aggregation_normalize=config.aggregation_normalize,
-        kld_weight=config.kld_weight,
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
         devices=config.devices,
         clients_per_round=config.clients_per_round,
         eval_chunk=config.eval_chunk,
         dropout_rate=config.dropout_rate,
-        poison_scale=config.poison_scale,
     )

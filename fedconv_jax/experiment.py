@@ -18,25 +18,27 @@ from fedconv_jax.baselines import (
     init_baseline_state,
     make_baseline_round_fn,
 )
-from fedconv_jax.config import make_round_config
+from fedconv_jax.config import make_hparams, make_round_config
 from fedconv_jax.costs import client_costs
 from fedconv_jax.data import Dataset, load_dataset, split_federated
 from fedconv_jax.device_data import group_tiers, make_round_data
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 from fedconv_jax.round import (
     PHASES,
+    HParams,
     RoundConfig,
     RoundData,
     ServerState,
     init_server_state,
-    make_phases,
     make_round_fn,
+    run_phases,
 )
 from fedconv_jax.sharding import (
     data_shardings,
     jit_round,
     make_client_mesh,
     padded_capacity,
+    replicated,
     state_shardings,
 )
 
@@ -48,6 +50,7 @@ class Experiment:
     data: RoundData
     state: ServerState | BaselineState
     tier_members: tuple[tuple[int, ...], ...]
+    hparams: HParams
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -94,7 +97,9 @@ def build_experiment(
     data = jax.device_put(data, data_shardings(mesh, data))
     if not abstract_state:
         state = jax.device_put(state, state_shardings(mesh, state))
-    return Experiment(config, round_config, data, state, members)
+    hparams = make_hparams(config)
+    hparams = jax.device_put(hparams, replicated(mesh, hparams))
+    return Experiment(config, round_config, data, state, members, hparams)
 
 
 def round_program(exp: Experiment) -> tuple[Callable, tuple]:
@@ -106,36 +111,29 @@ def round_program(exp: Experiment) -> tuple[Callable, tuple]:
     else:
         round_fn = make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain)
     mesh = make_client_mesh(config.devices)
-    return jit_round(round_fn, mesh, exp.state, exp.data), (exp.state, exp.data)
+    return jit_round(round_fn, mesh, exp.state, exp.data, exp.hparams), (exp.state, exp.data, exp.hparams)
 
 
 def time_phases(
-    round_config: RoundConfig, state: ServerState, data: RoundData
+    round_config: RoundConfig, state: ServerState, data: RoundData, hparams: HParams
 ) -> tuple[dict[str, float], ServerState]:
     """Seconds per phase of one round, each phase its own jitted program (compile excluded),
     and the state after the round (the fused round's result, up to summation order).
 
-    The state is not donated, so the caller can still run the fused round on it.
+    Runs the round's own phase chain (`round.run_phases`) with a timing hook. The state is
+    not donated, so the caller can still run the fused round on it.
     """
-    phases = make_phases(round_config)
     seconds = {}
 
-    def timed(name: str, *args):
-        compiled = jax.jit(phases[name]).lower(*args).compile()
+    def timed(name: str, fn, *args):
+        compiled = jax.jit(fn).lower(*args).compile()
         start = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         seconds[name] = time.perf_counter() - start
         return out
 
-    data = phases["sample"](state, data)  # this round's participants, as the fused round draws them
-    state = timed("pretrain", state, data)
-    state, subs, _ = timed("compress", state, data)
-    trained, client_metrics = timed("clients", state, data, subs)
-    data = data._replace(client_mask=client_metrics["participating"])
-    state, dilated, _ = timed("dilate", state, data, trained)
-    state, _ = timed("aggregate", state, data, dilated)
-    timed("evaluate", state, data)
-    return {name: seconds[name] for name in PHASES}, state.replace(round=state.round + 1)
+    state, _ = run_phases(round_config, state, data, hparams, call=timed)
+    return {name: seconds[name] for name in PHASES}, state
 
 
 def _prepare_workdir(
@@ -212,11 +210,11 @@ def run_experiment(
 
     phase_seconds = None
     if config.phase_timing and config.algorithm == "fedconv" and start_round < config.rounds:
-        phase_seconds, _ = time_phases(exp.round_config, state, exp.data)
+        phase_seconds, _ = time_phases(exp.round_config, state, exp.data, exp.hparams)
 
     with counter.counting():
         start = time.perf_counter()
-        compiled = round_fn.lower(state, exp.data).compile()
+        compiled = round_fn.lower(state, exp.data, exp.hparams).compile()
         compile_seconds = time.perf_counter() - start
 
     client_masks = tuple(np.asarray(m) for m in exp.data.client_mask)
@@ -228,7 +226,7 @@ def run_experiment(
         for r in bar:
             with counter.counting():
                 start = time.perf_counter()
-                state, device_metrics = compiled(state, exp.data)
+                state, device_metrics = compiled(state, exp.data, exp.hparams)
                 device_metrics = jax.block_until_ready(device_metrics)
                 seconds = time.perf_counter() - start
             phases = None

@@ -54,11 +54,18 @@ from fedconv_jax.types import Metrics, Params, PRNGKey, Variables
 AGGREGATIONS = ("learned", "mean")
 CLIENT_PARALLELISM = ("vmap", "map")
 PHASES = ("pretrain", "compress", "clients", "dilate", "aggregate", "evaluate")
+# The round's traced hyper-parameters, by config field name: {name: float32 scalar}.
+HPARAMS = ("local_lr", "pretrain_lr", "filter_lr", "filter_lr_min", "aggregate_lr", "kld_weight", "poison_scale")
+HParams = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundConfig:
     """Everything static about a round (hashable; changing it means a new program).
+
+    Numeric hyper-parameters (learning rates, the KLD weight, the poison scale) are not
+    here: they are the round's `hparams` argument (see `HPARAMS`), traced, so a new value
+    reuses the compiled program and can be differentiated.
 
     Attributes:
       model: the model family; tier models are `model.build(ratio)`.
@@ -67,11 +74,10 @@ class RoundConfig:
       filters: the compression/dilation filter module.
       pretrain, compress, dilate, aggregate: the four server tuning loops.
       pretrain_every_round: pre-train on D every round (reference code) instead of round 1.
-      local_epochs, local_batch_size, local_lr: client training (Adam).
+      local_epochs, local_batch_size: client training (Adam; its lr is a hyper-parameter).
       aggregation: "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging).
       aggregation_granularity: "layer" or "element" learned weights.
       aggregation_normalize: softmax-normalised weights (see aggregation.py) or raw Eq. 4.
-      kld_weight: lambda of Eq. 5.
       keep_best_global: the next global model is whichever of (previous global, new
         aggregate) has the lower cross-entropy on the held-out slice of D; guards small
         server sets against the drift of repeated tuning (README, "Model selection").
@@ -81,7 +87,6 @@ class RoundConfig:
       clients_per_round: clients drawn per round (sampling.py); 0 = all.
       eval_chunk: examples per evaluation chunk (bounds activation memory).
       dropout_rate: fraction of the present clients dropped each round (participation.py).
-      poison_scale: strength of the attacks flagged in `RoundData.poisoned`.
     """
 
     model: ModelSpec
@@ -95,11 +100,9 @@ class RoundConfig:
     pretrain_every_round: bool = False
     local_epochs: int = 5
     local_batch_size: int = 32
-    local_lr: float = 1e-3
     aggregation: str = "learned"
     aggregation_granularity: str = "layer"
     aggregation_normalize: bool = True
-    kld_weight: float = 0.2
     keep_best_global: bool = False
     client_parallelism: str = "map"
     client_chunk: int = 1
@@ -107,7 +110,6 @@ class RoundConfig:
     clients_per_round: int = 0
     eval_chunk: int = 1024
     dropout_rate: float = 0.0
-    poison_scale: float = 1.0
 
     @property
     def num_clients(self) -> int:
@@ -168,9 +170,9 @@ def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
         dil_keys = jax.random.split(jax.random.fold_in(k_dil, t), capacity)
         dil = jax.vmap(lambda k: init_dilation_filters(k, params, sub, cfg.filters))(dil_keys)
         compression.append(comp)
-        compression_opt.append(make_optimizer(cfg.compress).init(comp))
+        compression_opt.append(make_optimizer().init(comp))
         dilation.append(dil)
-        dilation_opt.append(jax.vmap(make_optimizer(cfg.dilate).init)(dil))
+        dilation_opt.append(jax.vmap(make_optimizer().init)(dil))
     agg_weights = init_aggregation_weights(
         params, cfg.num_clients, cfg.aggregation_granularity, cfg.aggregation_normalize
     )
@@ -181,8 +183,8 @@ def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
         dilation=tuple(dilation),
         dilation_opt=tuple(dilation_opt),
         agg_weights=agg_weights,
-        agg_opt=make_optimizer(cfg.aggregate).init(agg_weights),
-        pretrain_opt=make_optimizer(cfg.pretrain).init(params),
+        agg_opt=make_optimizer().init(agg_weights),
+        pretrain_opt=make_optimizer().init(params),
         round=jnp.zeros((), jnp.int32),
         key=k_round,
     )
@@ -193,7 +195,7 @@ def _phase_key(state: ServerState, phase: str) -> PRNGKey:
     return jax.random.fold_in(jax.random.fold_in(state.key, state.round), PHASES.index(phase))
 
 
-def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, subs, trained):
+def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, subs, trained):
     """Poisoning, then who takes part: present, not dropped, and a finite upload.
 
     A non-finite upload is replaced by the model the client was sent, so that dilating it
@@ -208,7 +210,7 @@ def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, subs,
         if data.poisoned:
             params = poison_uploads(
                 jax.random.fold_in(key_poison, t), subs[t]["params"], uploads["params"],
-                data.poisoned[t], cfg.poison_scale,
+                data.poisoned[t], hparams["poison_scale"],
             )
             uploads = {**uploads, "params": params}
         ok = finite_mask(uploads)
@@ -234,231 +236,304 @@ def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:
     return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def make_phases(cfg: RoundConfig) -> dict[str, Callable]:
-    """The round's phases as pure functions (see `make_round_fn` for how they chain)."""
-    model = cfg.model
+def _apply_at(cfg: RoundConfig, ratio: float) -> Callable:
+    return functools.partial(cfg.model.apply, ratio)
 
-    def apply_at(ratio):
-        return functools.partial(model.apply, ratio)
 
-    def logits_at(ratio, variables):
-        return lambda x: model.apply(ratio, variables, x)[0]
+def _logits_at(cfg: RoundConfig, ratio: float, variables: Variables) -> Callable:
+    return lambda x: cfg.model.apply(ratio, variables, x)[0]
 
-    def pretrain(state: ServerState, data: RoundData) -> ServerState:
-        if cfg.pretrain.epochs == 0:
-            return state
-        gv = state.global_vars
 
-        def run(_):
-            result = tune(
-                lambda p, x: model.apply(1.0, {"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
-                gv["params"], state.pretrain_opt, data.images, data.labels,
-                data.server_train, data.server_holdout, _phase_key(state, "pretrain"), cfg.pretrain,
-            )
-            new_vars = refresh_batch_stats(
-                apply_at(1.0), {"params": result.params, "batch_stats": gv["batch_stats"]},
-                data.images, data.server_train, cfg.local_batch_size,
-            )
-            return new_vars, result.opt_state
+def sample_phase(cfg: RoundConfig, state: ServerState, data: RoundData) -> RoundData:
+    """This round's participants: `clients_per_round` of the present clients (or all).
 
-        if cfg.pretrain_every_round:
-            new_vars, opt = run(None)
-        else:
-            new_vars, opt = jax.lax.cond(
-                state.round == 0, run, lambda _: (gv, state.pretrain_opt), None
-            )
-        return state.replace(global_vars=new_vars, pretrain_opt=opt)
+    Returns `data` with `client_mask` set to the drawn clients (per tier, (capacity,) bool).
+    """
+    mask = sample_clients(state.key, state.round, data.client_mask, cfg.clients_per_round)
+    return data._replace(client_mask=mask)
 
-    def compress_phase(state: ServerState, data: RoundData):
-        gv = state.global_vars
-        subs, filters, opts, metrics = [], [], [], {}
-        key = _phase_key(state, "compress")
-        for t, ratio in enumerate(cfg.tier_ratios):
-            if ratio == 1.0:
-                subs.append(gv)
-                filters.append({})
-                opts.append({})
-                continue
-            stats = compress_batch_stats(gv["batch_stats"], _sub_template(cfg, ratio)["batch_stats"])
 
-            def sub_logits(f, x, ratio=ratio, stats=stats):
-                sub = {"params": compress(gv["params"], f, cfg.filters), "batch_stats": stats}
-                return model.apply(ratio, sub, x)[0]
+def pretrain_phase(cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams) -> ServerState:
+    """Pre-trains the global model on D (round 1 only, unless `pretrain_every_round`).
 
-            result = tune(
-                sub_logits, state.compression[t], state.compression_opt[t], data.images,
-                data.labels, data.server_train, data.server_holdout,
-                jax.random.fold_in(key, t), cfg.compress,
-            )
-            sub = {"params": compress(gv["params"], result.params, cfg.filters), "batch_stats": stats}
-            subs.append(sub)
-            filters.append(result.params)
-            opts.append(result.opt_state)
-            acc, _ = evaluate(logits_at(ratio, sub), data.images, data.labels, data.server_test, cfg.eval_chunk)
-            metrics[f"compress/{ratio:g}/holdout_accuracy"] = result.holdout_accuracy
-            metrics[f"compress/{ratio:g}/best_epoch"] = result.best_epoch
-            metrics[f"compress/{ratio:g}/test_accuracy"] = acc
-        state = state.replace(compression=tuple(filters), compression_opt=tuple(opts))
-        return state, tuple(subs), metrics
+    Returns the state with new `global_vars` (BatchNorm statistics re-estimated on D) and
+    `pretrain_opt`.
+    """
+    if cfg.pretrain.epochs == 0:
+        return state
+    gv = state.global_vars
 
-    def clients_phase(state: ServerState, data: RoundData, subs: tuple[Variables, ...]):
-        key = _phase_key(state, "clients")
-        trained, accuracy, test_counts = [], [], []
-        for t, ratio in enumerate(cfg.tier_ratios):
-            keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
-
-            def one_client(shared, train_set, test_set, k, ratio=ratio):
-                sub, images, labels = shared
-                out = local_train(
-                    apply_at(ratio), sub, images, labels, train_set, k,
-                    epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
-                )
-                acc, _ = evaluate(logits_at(ratio, out), images, labels, test_set, cfg.eval_chunk)
-                return out, acc
-
-            shared = (subs[t], data.images, data.labels)
-            out, acc = _map_clients(cfg, one_client, shared, data.client_train[t], data.client_test[t], keys)
-            trained.append(out)
-            accuracy.append(acc)
-            test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
-        trained, screen_metrics = _screen_uploads(cfg, state, data, subs, trained)
-        metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts), **screen_metrics}
-        return trained, metrics
-
-    def dilate_phase(state: ServerState, data: RoundData, trained: tuple[Variables, ...]):
-        gv = state.global_vars
-        key = _phase_key(state, "dilate")
-        dilated, filters, opts, metrics = [], [], [], {}
-        for t, ratio in enumerate(cfg.tier_ratios):
-            if ratio == 1.0:
-                dilated.append(trained[t])
-                filters.append({})
-                opts.append({})
-                continue
-            keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
-
-            def one_client(shared, client_vars, f, opt, k):
-                global_stats, images, labels, server_train, server_holdout = shared
-                stats = dilate_batch_stats(client_vars["batch_stats"], global_stats)
-
-                def big_logits(filt, x):
-                    big = {"params": dilate(client_vars["params"], filt, cfg.filters), "batch_stats": stats}
-                    return model.apply(1.0, big, x)[0]
-
-                result = tune(
-                    big_logits, f, opt, images, labels, server_train, server_holdout, k, cfg.dilate,
-                )
-                big = {"params": dilate(client_vars["params"], result.params, cfg.filters), "batch_stats": stats}
-                return big, result.params, result.opt_state, result.holdout_accuracy
-
-            shared = (gv["batch_stats"], data.images, data.labels, data.server_train, data.server_holdout)
-            big, f, opt, acc = _map_clients(
-                cfg, one_client, shared, trained[t], state.dilation[t], state.dilation_opt[t], keys
-            )
-            mask = data.client_mask[t]
-            dilated.append(big)
-            filters.append(_where_mask(mask, f, state.dilation[t]))
-            opts.append(_where_mask(mask, opt, state.dilation_opt[t]))
-            metrics[f"dilate/{ratio:g}/holdout_accuracy"] = acc
-        state = state.replace(dilation=tuple(filters), dilation_opt=tuple(opts))
-        return state, tuple(dilated), metrics
-
-    def aggregate_phase(state: ServerState, data: RoundData, dilated: tuple[Variables, ...]):
-        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *dilated)
-        n = jnp.concatenate(data.num_samples)
-        mask = jnp.concatenate(data.client_mask)
-        previous = state.global_vars
-        stats = weighted_average(stacked["batch_stats"], n, mask)
-        metrics = {}
-        if cfg.aggregation == "learned":
-
-            def agg_logits(v, x):
-                params = aggregate(stacked["params"], v, n, mask, cfg.aggregation_normalize)
-                return model.apply(1.0, {"params": params, "batch_stats": stats}, x)[0]
-
-            def kld(v):
-                return cfg.kld_weight * kld_term(previous["params"], aggregate(stacked["params"], v, n, mask, cfg.aggregation_normalize))
-
-            result = tune(
-                agg_logits, state.agg_weights, state.agg_opt, data.images, data.labels,
-                data.server_train, data.server_holdout, _phase_key(state, "aggregate"),
-                cfg.aggregate, regularizer=kld if cfg.kld_weight > 0 else None,
-            )
-            weights, agg_opt = result.params, result.opt_state
-            params = aggregate(stacked["params"], weights, n, mask, cfg.aggregation_normalize)
-            metrics["aggregate/holdout_accuracy"] = result.holdout_accuracy
-            metrics["aggregate/best_epoch"] = result.best_epoch
-        else:
-            weights, agg_opt = state.agg_weights, state.agg_opt
-            params = weighted_average(stacked["params"], n, mask)
+    def run(_):
+        result = tune(
+            lambda p, x: cfg.model.apply(1.0, {"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
+            gv["params"], state.pretrain_opt, data.images, data.labels,
+            data.server_train, data.server_holdout, _phase_key(state, "pretrain"), cfg.pretrain,
+            lr=hparams["pretrain_lr"],
+        )
         new_vars = refresh_batch_stats(
-            apply_at(1.0), {"params": params, "batch_stats": stats},
+            _apply_at(cfg, 1.0), {"params": result.params, "batch_stats": gv["batch_stats"]},
             data.images, data.server_train, cfg.local_batch_size,
         )
-        anyone = jnp.any(mask)  # no usable upload at all: keep the previous model and weights
-        new_vars, weights, agg_opt = jax.tree.map(
-            lambda a, b: jnp.where(anyone, a, b),
-            (new_vars, weights, agg_opt), (previous, state.agg_weights, state.agg_opt),
+        return new_vars, result.opt_state
+
+    if cfg.pretrain_every_round:
+        new_vars, opt = run(None)
+    else:
+        new_vars, opt = jax.lax.cond(state.round == 0, run, lambda _: (gv, state.pretrain_opt), None)
+    return state.replace(global_vars=new_vars, pretrain_opt=opt)
+
+
+def compress_phase(cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams):
+    """Tunes each SR tier's compression filters on D (Eq. 1) and generates its sub-model.
+
+    Returns:
+      (state with new `compression` filters and optimizer states, per tier the sub-model
+      sent to its clients (the global model itself for SR 1), metrics).
+    """
+    gv = state.global_vars
+    subs, filters, opts, metrics = [], [], [], {}
+    key = _phase_key(state, "compress")
+    for t, ratio in enumerate(cfg.tier_ratios):
+        if ratio == 1.0:
+            subs.append(gv)
+            filters.append({})
+            opts.append({})
+            continue
+        stats = compress_batch_stats(gv["batch_stats"], _sub_template(cfg, ratio)["batch_stats"])
+
+        def sub_logits(f, x, ratio=ratio, stats=stats):
+            sub = {"params": compress(gv["params"], f, cfg.filters), "batch_stats": stats}
+            return cfg.model.apply(ratio, sub, x)[0]
+
+        result = tune(
+            sub_logits, state.compression[t], state.compression_opt[t], data.images,
+            data.labels, data.server_train, data.server_holdout,
+            jax.random.fold_in(key, t), cfg.compress, lr=hparams["filter_lr"], lr_min=hparams["filter_lr_min"],
         )
-        if cfg.keep_best_global:
-            holdout = lambda v: evaluate(logits_at(1.0, v), data.images, data.labels, data.server_holdout)[1]
-            accept = holdout(new_vars) <= holdout(previous)
-            new_vars = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new_vars, previous)
-            metrics["aggregate/accepted"] = accept
-        return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), metrics
+        sub = {"params": compress(gv["params"], result.params, cfg.filters), "batch_stats": stats}
+        subs.append(sub)
+        filters.append(result.params)
+        opts.append(result.opt_state)
+        acc, _ = evaluate(_logits_at(cfg, ratio, sub), data.images, data.labels, data.server_test, cfg.eval_chunk)
+        metrics[f"compress/{ratio:g}/holdout_accuracy"] = result.holdout_accuracy
+        metrics[f"compress/{ratio:g}/best_epoch"] = result.best_epoch
+        metrics[f"compress/{ratio:g}/test_accuracy"] = acc
+    state = state.replace(compression=tuple(filters), compression_opt=tuple(opts))
+    return state, tuple(subs), metrics
 
-    def sample_phase(state: ServerState, data: RoundData) -> RoundData:
-        """This round's participants: `clients_per_round` of the present clients (or all)."""
-        mask = sample_clients(state.key, state.round, data.client_mask, cfg.clients_per_round)
-        return data._replace(client_mask=mask)
 
-    def evaluate_phase(state: ServerState, data: RoundData) -> Metrics:
-        acc, loss = evaluate(
-            logits_at(1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
+def clients_phase(
+    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, subs: tuple[Variables, ...]
+):
+    """Every client trains the sub-model of its tier on its own data, then the uploads are
+    screened (poisoning, dropout, non-finite uploads).
+
+    Returns:
+      (per tier the screened uploads stacked over the tier's slots, metrics with each
+      client's accuracy on its own test split and `participating`, per tier (capacity,) bool).
+    """
+    key = _phase_key(state, "clients")
+    trained, accuracy, test_counts = [], [], []
+    for t, ratio in enumerate(cfg.tier_ratios):
+        keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
+
+        def one_client(shared, train_set, test_set, k, ratio=ratio):
+            sub, images, labels, lr = shared
+            out = local_train(
+                _apply_at(cfg, ratio), sub, images, labels, train_set, k,
+                epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=lr,
+            )
+            acc, _ = evaluate(_logits_at(cfg, ratio, out), images, labels, test_set, cfg.eval_chunk)
+            return out, acc
+
+        shared = (subs[t], data.images, data.labels, hparams["local_lr"])
+        out, acc = _map_clients(cfg, one_client, shared, data.client_train[t], data.client_test[t], keys)
+        trained.append(out)
+        accuracy.append(acc)
+        test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
+    trained, screen_metrics = _screen_uploads(cfg, state, data, hparams, subs, trained)
+    metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts), **screen_metrics}
+    return trained, metrics
+
+
+def dilate_phase(
+    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, trained: tuple[Variables, ...]
+):
+    """Tunes each participating client's dilation filters on D (Eq. 3) and dilates its upload
+    back to the global shapes.
+
+    Returns:
+      (state with new `dilation` filters and optimizer states (absent slots keep theirs),
+      per tier the dilated models stacked over slots, metrics).
+    """
+    gv = state.global_vars
+    key = _phase_key(state, "dilate")
+    dilated, filters, opts, metrics = [], [], [], {}
+    for t, ratio in enumerate(cfg.tier_ratios):
+        if ratio == 1.0:
+            dilated.append(trained[t])
+            filters.append({})
+            opts.append({})
+            continue
+        keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
+
+        def one_client(shared, client_vars, f, opt, k):
+            global_stats, images, labels, server_train, server_holdout, lr, lr_min = shared
+            stats = dilate_batch_stats(client_vars["batch_stats"], global_stats)
+
+            def big_logits(filt, x):
+                big = {"params": dilate(client_vars["params"], filt, cfg.filters), "batch_stats": stats}
+                return cfg.model.apply(1.0, big, x)[0]
+
+            result = tune(
+                big_logits, f, opt, images, labels, server_train, server_holdout, k, cfg.dilate,
+                lr=lr, lr_min=lr_min,
+            )
+            big = {"params": dilate(client_vars["params"], result.params, cfg.filters), "batch_stats": stats}
+            return big, result.params, result.opt_state, result.holdout_accuracy
+
+        shared = (
+            gv["batch_stats"], data.images, data.labels, data.server_train, data.server_holdout,
+            hparams["filter_lr"], hparams["filter_lr_min"],
         )
-        return {"global_accuracy": acc, "global_loss": loss}
+        big, f, opt, acc = _map_clients(
+            cfg, one_client, shared, trained[t], state.dilation[t], state.dilation_opt[t], keys
+        )
+        mask = data.client_mask[t]
+        dilated.append(big)
+        filters.append(_where_mask(mask, f, state.dilation[t]))
+        opts.append(_where_mask(mask, opt, state.dilation_opt[t]))
+        metrics[f"dilate/{ratio:g}/holdout_accuracy"] = acc
+    state = state.replace(dilation=tuple(filters), dilation_opt=tuple(opts))
+    return state, tuple(dilated), metrics
 
-    return {
-        "pretrain": pretrain,
-        "compress": compress_phase,
-        "clients": clients_phase,
-        "dilate": dilate_phase,
-        "aggregate": aggregate_phase,
-        "evaluate": evaluate_phase,
-        "sample": sample_phase,
-    }
+
+def aggregate_phase(
+    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, dilated: tuple[Variables, ...]
+):
+    """Aggregates the dilated models into the next global model: learned weights tuned on D
+    (Eq. 4/5) or plain sample-weighted averaging; BatchNorm statistics re-estimated on D.
+
+    Returns:
+      (state with new `global_vars`, `agg_weights` and `agg_opt`, metrics). With no usable
+      upload at all the previous model and weights are kept.
+    """
+    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *dilated)
+    n = jnp.concatenate(data.num_samples)
+    mask = jnp.concatenate(data.client_mask)
+    previous = state.global_vars
+    stats = weighted_average(stacked["batch_stats"], n, mask)
+    metrics = {}
+    if cfg.aggregation == "learned":
+        weights, agg_opt, tune_metrics = _tune_aggregation(cfg, state, data, hparams, stacked["params"], stats, n, mask)
+        params = aggregate(stacked["params"], weights, n, mask, cfg.aggregation_normalize)
+        metrics.update(tune_metrics)
+    else:
+        weights, agg_opt = state.agg_weights, state.agg_opt
+        params = weighted_average(stacked["params"], n, mask)
+    new_vars = refresh_batch_stats(
+        _apply_at(cfg, 1.0), {"params": params, "batch_stats": stats},
+        data.images, data.server_train, cfg.local_batch_size,
+    )
+    anyone = jnp.any(mask)
+    new_vars, weights, agg_opt = jax.tree.map(
+        lambda a, b: jnp.where(anyone, a, b),
+        (new_vars, weights, agg_opt), (previous, state.agg_weights, state.agg_opt),
+    )
+    if cfg.keep_best_global:
+        def holdout(v):
+            return evaluate(_logits_at(cfg, 1.0, v), data.images, data.labels, data.server_holdout)[1]
+
+        accept = holdout(new_vars) <= holdout(previous)
+        new_vars = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new_vars, previous)
+        metrics["aggregate/accepted"] = accept
+    return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), metrics
 
 
-def run_phases(phases: dict[str, Callable], state: ServerState, data: RoundData):
-    """Chains the phases into one round: (state, data) -> (next state, metrics)."""
-    data = phases["sample"](state, data)  # the one place the round's client mask is set
-    state = phases["pretrain"](state, data)
-    state, subs, metrics = phases["compress"](state, data)
-    trained, client_metrics = phases["clients"](state, data, subs)
+def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask):
+    """Eq. 5: the aggregation weights minimise cross-entropy on D plus lambda * KLD."""
+    previous = state.global_vars["params"]
+
+    def agg_logits(v, x):
+        params = aggregate(stacked_params, v, n, mask, cfg.aggregation_normalize)
+        return cfg.model.apply(1.0, {"params": params, "batch_stats": stats}, x)[0]
+
+    def kld(v):
+        aggregated = aggregate(stacked_params, v, n, mask, cfg.aggregation_normalize)
+        return hparams["kld_weight"] * kld_term(previous, aggregated)
+
+    result = tune(
+        agg_logits, state.agg_weights, state.agg_opt, data.images, data.labels,
+        data.server_train, data.server_holdout, _phase_key(state, "aggregate"),
+        cfg.aggregate, lr=hparams["aggregate_lr"], regularizer=kld,
+    )
+    metrics = {"aggregate/holdout_accuracy": result.holdout_accuracy, "aggregate/best_epoch": result.best_epoch}
+    return result.params, result.opt_state, metrics
+
+
+def evaluate_phase(cfg: RoundConfig, state: ServerState, data: RoundData) -> Metrics:
+    """Global accuracy and loss of the global model on the server test set."""
+    acc, loss = evaluate(
+        _logits_at(cfg, 1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
+    )
+    return {"global_accuracy": acc, "global_loss": loss}
+
+
+# call(name, fn, *args) -> fn(*args): how `run_phases` runs each phase (timing hooks here).
+PhaseCall = Callable[..., Any]
+
+
+def _scoped_call(name: str, fn: Callable, *args):
+    with jax.named_scope(name):  # a profile of the fused program attributes time to phases
+        return fn(*args)
+
+
+def run_phases(
+    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, call: PhaseCall = _scoped_call
+):
+    """Chains the phases into one round: (state, data, hparams) -> (next state, metrics).
+
+    The one chain both the fused round and the phase-separated timing run
+    (`experiment.time_phases` passes a `call` that compiles and times each phase).
+    """
+    def phase(name, fn):
+        return functools.partial(call, name, functools.partial(fn, cfg))
+
+    data = sample_phase(cfg, state, data)  # the one place the round's client mask is set
+    state = phase("pretrain", pretrain_phase)(state, data, hparams)
+    state, subs, metrics = phase("compress", compress_phase)(state, data, hparams)
+    trained, client_metrics = phase("clients", clients_phase)(state, data, hparams, subs)
     data = data._replace(client_mask=client_metrics["participating"])  # this round's participants
-    state, dilated, dilate_metrics = phases["dilate"](state, data, trained)
-    state, agg_metrics = phases["aggregate"](state, data, dilated)
-    eval_metrics = phases["evaluate"](state, data)
+    state, dilated, dilate_metrics = phase("dilate", dilate_phase)(state, data, hparams, trained)
+    state, agg_metrics = phase("aggregate", aggregate_phase)(state, data, hparams, dilated)
+    eval_metrics = phase("evaluate", evaluate_phase)(state, data)
     metrics = {**metrics, **client_metrics, **dilate_metrics, **agg_metrics, **eval_metrics}
     return state.replace(round=state.round + 1), metrics
 
 
-def make_round_fn(cfg: RoundConfig) -> Callable[[ServerState, RoundData], tuple[ServerState, Metrics]]:
-    """The whole round as one pure function; jit it once (with the state donated)."""
-    phases = make_phases(cfg)
-    return functools.partial(run_phases, phases)
+def make_round_fn(cfg: RoundConfig) -> Callable[[ServerState, RoundData, HParams], tuple[ServerState, Metrics]]:
+    """The whole round as one pure function of (state, data, hparams); jit it once (with the
+    state donated)."""
+    return functools.partial(run_phases, cfg)
 
 
 __all__ = [
     "AGGREGATIONS",
     "CLIENT_PARALLELISM",
+    "HPARAMS",
     "PHASES",
+    "HParams",
     "RoundConfig",
     "RoundData",
     "ServerState",
+    "aggregate_phase",
+    "clients_phase",
+    "compress_phase",
+    "dilate_phase",
+    "evaluate_phase",
     "init_server_state",
-    "make_phases",
     "make_round_fn",
+    "pretrain_phase",
     "run_phases",
+    "sample_phase",
 ]
-

@@ -93,7 +93,8 @@ def map_clients_over_devices(
     return map_clients_sharded(make_client_mesh(devices), local_map, shared, *xs)
 
 
-def _replicated(mesh, tree):
+def replicated(mesh, tree):
+    """Every leaf of `tree` replicated over the mesh."""
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
@@ -105,9 +106,9 @@ def data_shardings(mesh, data):
     return data._replace(
         images=NamedSharding(mesh, PartitionSpec()),
         labels=NamedSharding(mesh, PartitionSpec()),
-        server_train=_replicated(mesh, data.server_train),
-        server_holdout=_replicated(mesh, data.server_holdout),
-        server_test=_replicated(mesh, data.server_test),
+        server_train=replicated(mesh, data.server_train),
+        server_holdout=replicated(mesh, data.server_holdout),
+        server_test=replicated(mesh, data.server_test),
         client_train=_client_axis(mesh, data.client_train),
         client_test=_client_axis(mesh, data.client_test),
         client_mask=_client_axis(mesh, data.client_mask),
@@ -120,7 +121,7 @@ def state_shardings(mesh, state):
     """The fields in `PER_CLIENT_FIELDS` along "clients" (dilation filters, aggregation
     weights, their optimizer states, standalone clients' models); the rest replicated."""
     return state.replace(**{
-        f.name: (_client_axis if f.name in PER_CLIENT_FIELDS else _replicated)(mesh, getattr(state, f.name))
+        f.name: (_client_axis if f.name in PER_CLIENT_FIELDS else replicated)(mesh, getattr(state, f.name))
         for f in dataclasses.fields(state)
     })
 
@@ -133,14 +134,15 @@ def shard_round_inputs(mesh, state, data):
     )
 
 
-def jit_round(round_fn, mesh, state, data, donate: bool = True):
-    """jit with the state's layout pinned on the way out, so round r+1 reuses round r's program."""
+def jit_round(round_fn, mesh, state, data, hparams, donate: bool = True):
+    """jit of `round_fn(state, data, hparams)` with the state's layout pinned on the way out,
+    so round r+1 reuses round r's program; the hyper-parameters are replicated."""
     shardings = state_shardings(mesh, state)
-    metrics = jax.eval_shape(round_fn, state, data)[1]
+    metrics = jax.eval_shape(round_fn, state, data, hparams)[1]
     return jax.jit(
         round_fn,
-        in_shardings=(shardings, data_shardings(mesh, data)),
-        out_shardings=(shardings, _replicated(mesh, metrics)),
+        in_shardings=(shardings, data_shardings(mesh, data), replicated(mesh, hparams)),
+        out_shardings=(shardings, replicated(mesh, metrics)),
         donate_argnums=(0,) if donate else (),
     )
 
@@ -153,6 +155,7 @@ __all__ = [
     "map_clients_over_devices",
     "map_clients_sharded",
     "padded_capacity",
+    "replicated",
     "request_cpu_devices",
     "shard_round_inputs",
     "state_shardings",

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from fedconv_jax.types import Params, PRNGKey
 
@@ -31,21 +32,17 @@ class IndexSet(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TuningConfig:
-    """Static settings of one tuning loop.
+    """Static settings of one tuning loop (the learning rates are traced: `tune`'s `lr`).
 
     Attributes:
       epochs: passes over the tuning set (0 disables the loop).
       batch_size: examples per step.
-      lr: Adam learning rate (lr_max of Eq. 2).
-      lr_min: lr_min of Eq. 2.
       cosine_t_max: T_max of Eq. 2; 0 keeps the learning rate constant (reference code).
       select_best: return the epoch with the lowest held-out loss instead of the last one.
     """
 
     epochs: int
     batch_size: int = 32
-    lr: float = 1e-3
-    lr_min: float = 1e-5
     cosine_t_max: int = 0
     select_best: bool = True
 
@@ -63,17 +60,20 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def make_optimizer(config: TuningConfig) -> optax.GradientTransformation:
-    """Adam whose learning rate `tune` sets per epoch (Eq. 2)."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
+def make_optimizer() -> optax.GradientTransformation:
+    """Adam whose learning rate `tune` sets per epoch (Eq. 2) in the optimizer state."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
 
 
-def epoch_learning_rate(config: TuningConfig, epoch: jax.Array) -> jax.Array:
-    """Eq. 2: lr_min + (lr_max - lr_min)(1 + cos(pi e / T_max)) / 2, e the 0-based epoch."""
+def epoch_learning_rate(
+    config: TuningConfig, epoch: jax.Array, lr: ArrayLike, lr_min: ArrayLike = 0.0
+) -> jax.Array:
+    """Eq. 2: lr_min + (lr - lr_min)(1 + cos(pi e / T_max)) / 2, e the 0-based epoch."""
+    lr = jnp.asarray(lr, jnp.float32)
     if config.cosine_t_max <= 0:
-        return jnp.asarray(config.lr, jnp.float32)
+        return lr
     cos = jnp.cos(jnp.pi * epoch / config.cosine_t_max)
-    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + cos)
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + cos)
 
 
 def shuffled_batches(key: PRNGKey, data: IndexSet, batch_size: int) -> IndexSet:
@@ -123,13 +123,18 @@ def tune(
     holdout: IndexSet,
     key: PRNGKey,
     config: TuningConfig,
+    *,
+    lr: ArrayLike,
+    lr_min: ArrayLike = 0.0,
     regularizer: Regularizer | None = None,
 ) -> TuneResult:
     """Minimises masked cross-entropy (+ regularizer) over `params` on `train`.
 
-    Selection uses the held-out cross-entropy alone: it is the quantity the step exists for.
+    `lr` (Eq. 2's lr_max) and `lr_min` may be traced, so a new value reuses the compiled
+    program and can be differentiated. Selection uses the held-out cross-entropy alone: it
+    is the quantity the step exists for.
     """
-    optimizer = make_optimizer(config)
+    optimizer = make_optimizer()
 
     def holdout_metrics(p):
         return evaluate(lambda x: logits_fn(p, x), images, labels, holdout)
@@ -156,8 +161,8 @@ def tune(
         best = jax.tree.map(lambda a, b: jnp.where(better, a, b), (p, s, loss, acc, e), best)
 
         def train_epoch(p, s):
-            lr = epoch_learning_rate(config, e).astype(jnp.float32)
-            s = s._replace(hyperparams={**s.hyperparams, "learning_rate": lr})
+            epoch_lr = epoch_learning_rate(config, e, lr, lr_min).astype(jnp.float32)
+            s = s._replace(hyperparams={**s.hyperparams, "learning_rate": epoch_lr})
             batches = shuffled_batches(keys[jnp.minimum(e, config.epochs - 1)], train, config.batch_size)
             (p, s), _ = jax.lax.scan(step, (p, s), batches)
             return p, s

@@ -21,7 +21,7 @@ def _run(algorithm, rounds=2):
     state, digests, metrics = exp.state, [], []
     with counter.counting():
         for _ in range(rounds):
-            state, m = round_fn(state, exp.data)
+            state, m = round_fn(state, exp.data, exp.hparams)
             digests.append(params_digest(state))
             metrics.append(jax.device_get(m))
     return exp, state, digests, metrics, counter.count, round_fn
@@ -64,7 +64,7 @@ def test_fedrolex_equals_heterofl_in_round_one_then_rolls(runs):
 @pytest.mark.parametrize("algorithm", ["feddropout", "fedrolex"])
 def test_rerun_from_the_same_state_is_identical(runs, algorithm):
     exp, _, digests, _, _, round_fn = runs[algorithm]
-    state, _ = round_fn(exp.state, exp.data)
+    state, _ = round_fn(exp.state, exp.data, exp.hparams)
     assert params_digest(state) == digests[0]
 
 
@@ -75,7 +75,7 @@ def test_optional_pretraining_on_d_runs_in_round_one_only():
 
     @jax.jit
     def pretrained(state):
-        new = pretrain_on_server(cfg, 1.0, state, exp.data, True)
+        new = pretrain_on_server(cfg, 1.0, state, exp.data, exp.hparams, True)
         loss = lambda v: evaluate(lambda x: cfg.model.apply(1.0, v, x)[0], exp.data.images, exp.data.labels, exp.data.server_holdout)[1]
         return new, loss(state.global_vars), loss(new)
 
@@ -84,4 +84,4 @@ def test_optional_pretraining_on_d_runs_in_round_one_only():
     assert float(after) <= float(before)  # held-out selection keeps the better of start and epoch 1
     later, _, _ = pretrained(state.replace(round=state.round + 1))
     assert params_digest(state.replace(global_vars=later)) == params_digest(state)
-    assert pretrain_on_server(cfg, 1.0, state, exp.data, False) is state.global_vars
+    assert pretrain_on_server(cfg, 1.0, state, exp.data, exp.hparams, False) is state.global_vars

@@ -15,7 +15,7 @@ from fedconv_jax.participation import (
     poison_uploads,
     select_clients,
 )
-from fedconv_jax.round import PHASES, make_phases, make_round_fn
+from fedconv_jax.round import PHASES, clients_phase, compress_phase, make_round_fn
 from fedconv_jax.sharding import jit_round, make_client_mesh
 
 
@@ -108,7 +108,7 @@ def fault_round():
     exp = build_experiment(_fault_config())
     # As the CLI jits it: pinned input layouts, so the tests' edited copies of the data
     # (NaN images, other masks) are laid out like the original and reuse one program.
-    round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(1), exp.state, exp.data, donate=False)
+    round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(1), exp.state, exp.data, exp.hparams, donate=False)
     return exp, round_fn
 
 
@@ -125,7 +125,7 @@ def _flat(tree):
 
 def test_plain_averaging_keeps_the_aggregation_weights(fault_round):
     exp, round_fn = fault_round
-    state, metrics = round_fn(exp.state, exp.data)
+    state, metrics = round_fn(exp.state, exp.data, exp.hparams)
     assert "aggregate/best_epoch" not in metrics
     for new, old in zip(jax.tree.leaves((state.agg_weights, state.agg_opt)), jax.tree.leaves((exp.state.agg_weights, exp.state.agg_opt))):
         np.testing.assert_array_equal(new, old)
@@ -134,9 +134,9 @@ def test_plain_averaging_keeps_the_aggregation_weights(fault_round):
 
 def test_phase_separated_run_times_every_phase_and_equals_the_fused_round(fault_round):
     exp, round_fn = fault_round
-    seconds, phased = time_phases(exp.round_config, exp.state, exp.data)
+    seconds, phased = time_phases(exp.round_config, exp.state, exp.data, exp.hparams)
     assert list(seconds) == list(PHASES) and all(s >= 0 for s in seconds.values())
-    fused, _ = round_fn(exp.state, exp.data)
+    fused, _ = round_fn(exp.state, exp.data, exp.hparams)
     np.testing.assert_allclose(_flat(phased.global_vars), _flat(fused.global_vars), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(_flat(phased.dilation), _flat(fused.dilation), rtol=1e-6, atol=1e-6)
     assert int(phased.round) == int(fused.round) == 1
@@ -152,7 +152,7 @@ def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
     bad_idx = np.asarray(train.idx[0])[np.asarray(train.mask[0])]
     nan_data = _edit(data, images=data.images.at[bad_idx].set(jnp.nan))
     with counter.counting():
-        state, metrics = round_fn(exp.state, nan_data)
+        state, metrics = round_fn(exp.state, nan_data, exp.hparams)
     assert int(metrics["excluded_clients"]) == 1 and int(metrics["dropped_clients"]) == 0
     np.testing.assert_array_equal(metrics["participating"][1], [False, True])
     assert np.isfinite(_flat(state.global_vars)).all()
@@ -160,7 +160,7 @@ def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
     # Reference: the same round with that client absent from the start.
     without = _edit(data, client_mask=(data.client_mask[0], jnp.asarray([False, True])))
     with counter.counting():
-        ref_state, ref_metrics = round_fn(exp.state, without)
+        ref_state, ref_metrics = round_fn(exp.state, without, exp.hparams)
     assert counter.count <= 1  # edited inputs reuse the round's program (compiled here if first)
 
     assert int(ref_metrics["excluded_clients"]) == 0
@@ -174,7 +174,7 @@ def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
 
     # Every upload non-finite: the global model stays as it was.
     all_nan = _edit(data, images=jnp.full_like(data.images, jnp.nan))
-    state, metrics = round_fn(exp.state, all_nan)
+    state, metrics = round_fn(exp.state, all_nan, exp.hparams)
     assert int(metrics["excluded_clients"]) == 4
     np.testing.assert_array_equal(_flat(state.global_vars), _flat(exp.state.global_vars))
 
@@ -185,11 +185,11 @@ def test_sign_flipped_client_matches_the_linear_reference(fault_round):
     flip = attack_code("sign_flip")
     poisoned = (jnp.asarray([0, flip]), jnp.asarray([0, 0]))  # config client 3 (the last)
     np.testing.assert_array_equal(np.concatenate(data.poisoned), [0] * 4)  # poisoned_clients=0
-    clean, _ = round_fn(exp.state, data)
-    attacked, metrics = round_fn(exp.state, _edit(data, poisoned=poisoned))
+    clean, _ = round_fn(exp.state, data, exp.hparams)
+    attacked, metrics = round_fn(exp.state, _edit(data, poisoned=poisoned), exp.hparams)
     assert int(metrics["excluded_clients"]) == 0  # a finite attack is not caught by the screen
     without = _edit(data, client_mask=(jnp.asarray([True, False]), data.client_mask[1]))
-    ex, _ = round_fn(exp.state, without)
+    ex, _ = round_fn(exp.state, without, exp.hparams)
     # Plain mean: g = sum_j f_j u_j. Recover client 3's trained params from the two honest
     # rounds, then predict the attacked aggregate: g_clean - f_3 * (1 + scale) * (t_3 - received).
     n = np.concatenate([np.asarray(x) for x in data.num_samples])
@@ -208,8 +208,13 @@ def test_dropout_inside_the_round_is_seeded_by_round():
     config.shrink_ratios = (1.0,) * 4 + (0.5,) * 2
     config.dropout_rate = 0.5
     exp = build_experiment(config)
-    phases = make_phases(exp.round_config)
-    clients = jax.jit(lambda state, data: phases["clients"](state, data, phases["compress"](state, data)[1])[1])
+    cfg, hparams = exp.round_config, exp.hparams
+
+    @jax.jit
+    def clients(state, data):
+        subs = compress_phase(cfg, state, data, hparams)[1]
+        return clients_phase(cfg, state, data, hparams, subs)[1]
+
     seen = []
     for r in range(6):
         m = clients(exp.state.replace(round=jnp.int32(r)), exp.data)

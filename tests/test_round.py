@@ -33,7 +33,7 @@ def test_round_compiles_once_and_is_deterministic():
     def run(state, rounds):
         digests, metrics = [], None
         for _ in range(rounds):
-            state, metrics = round_fn(state, exp.data)
+            state, metrics = round_fn(state, exp.data, exp.hparams)
             digests.append(params_digest(state))
         return state, digests, metrics
 
@@ -55,6 +55,27 @@ def test_round_compiles_once_and_is_deterministic():
     state_b = build_experiment(_with_seed(tiny_config(), 1)).state
     _, third, _ = run(state_b, 1)
     assert third[0] != first[0]
+
+
+def test_new_hyper_parameters_reuse_the_compiled_round():
+    """Learning rates, the KLD weight and the poison scale are round inputs, not constants:
+    new values run the same program (persistent cache off, so a new program would compile)."""
+    exp = build_experiment(tiny_config())
+    counter = CompileCounter()
+    round_fn = jax.jit(make_round_fn(exp.round_config))
+    scaled = {name: value * 2.0 for name, value in exp.hparams.items()}
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        with counter.counting():
+            base, _ = round_fn(exp.state, exp.data, exp.hparams)
+            changed, _ = round_fn(exp.state, exp.data, scaled)
+            for name in ("local_lr", "filter_lr", "aggregate_lr"):  # each one moves the model
+                alone, _ = round_fn(exp.state, exp.data, {**exp.hparams, name: scaled[name]})
+                assert params_digest(alone) != params_digest(base), name
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+    assert counter.count == 1
+    assert params_digest(changed) != params_digest(base)
 
 
 def _with_seed(config, seed):
@@ -83,7 +104,7 @@ def sampled_batchnorm_rounds():
     state, participating = exp.state, []
     with counter.counting():
         for _ in expected:
-            state, metrics = round_fn(state, exp.data)
+            state, metrics = round_fn(state, exp.data, exp.hparams)
             participating.append(np.concatenate([np.asarray(x) for x in metrics["participating"]]))
     return exp, state, expected, participating, counter.count
 

@@ -46,11 +46,11 @@ SCRIPT = textwrap.dedent(
         c.client_parallelism, c.client_chunk, c.devices = "map", 1, devices
         validate(c)
         exp = build_experiment(c)
-        round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(devices), exp.state, exp.data)
+        round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(devices), exp.state, exp.data, exp.hparams)
         state = exp.state
         with counter.counting():
             for _ in range(2):
-                state, metrics = round_fn(state, exp.data)
+                state, metrics = round_fn(state, exp.data, exp.hparams)
         out[devices] = {
             "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.global_vars["params"])],
             "capacity": list(exp.round_config.tier_capacity),
@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent(
             validate(c)
             exp = build_experiment(c)
             fn = make_baseline_round_fn(algorithm, exp.round_config)
-            state, _ = jit_round(fn, make_client_mesh(devices), exp.state, exp.data)(exp.state, exp.data)
+            state, _ = jit_round(fn, make_client_mesh(devices), exp.state, exp.data, exp.hparams)(exp.state, exp.data, exp.hparams)
             trained = state.global_vars if algorithm == "fedavg_full" else state.client_vars[1]
             out[f"{algorithm}@{devices}"] = {
                 "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(trained)],

@@ -6,7 +6,14 @@ import pytest
 from fedconv_jax.client import local_train
 from fedconv_jax.data import load_digits
 from fedconv_jax.models import make_model
-from fedconv_jax.tuning import IndexSet, TuningConfig, epoch_learning_rate, evaluate, make_optimizer, tune
+from fedconv_jax.tuning import (
+    IndexSet,
+    TuningConfig,
+    epoch_learning_rate,
+    evaluate,
+    make_optimizer,
+    tune,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +30,11 @@ def index_set(idx, cap=None):
 
 
 def test_cosine_schedule_matches_eq2():
-    cfg = TuningConfig(epochs=8, lr=1e-3, lr_min=1e-5, cosine_t_max=4)
+    cfg = TuningConfig(epochs=8, cosine_t_max=4)
     for e in range(8):
         want = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + np.cos(np.pi * e / 4))
-        assert float(epoch_learning_rate(cfg, jnp.asarray(e))) == pytest.approx(want, rel=1e-5)
-    assert float(epoch_learning_rate(TuningConfig(epochs=1, lr=3e-4), jnp.asarray(5))) == pytest.approx(3e-4)
+        assert float(epoch_learning_rate(cfg, jnp.asarray(e), 1e-3, 1e-5)) == pytest.approx(want, rel=1e-5)
+    assert float(epoch_learning_rate(TuningConfig(epochs=1), jnp.asarray(5), 3e-4, 1e-5)) == pytest.approx(3e-4)
 
 
 def linear_logits(p, x):
@@ -37,15 +44,15 @@ def linear_logits(p, x):
 def test_tune_learns_and_selection_uses_the_holdout(digits):
     images, labels = digits
     params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
-    opt = make_optimizer(TuningConfig(epochs=3)).init(params)
+    opt = make_optimizer().init(params)
     train, holdout, test = index_set(np.arange(0, 600)), index_set(np.arange(600, 800)), index_set(np.arange(800, 1797))
-    result = jax.jit(lambda p, o: tune(linear_logits, p, o, images, labels, train, holdout, jax.random.key(0), TuningConfig(epochs=3, lr=1e-2)))(params, opt)
+    result = jax.jit(lambda p, o: tune(linear_logits, p, o, images, labels, train, holdout, jax.random.key(0), TuningConfig(epochs=3), lr=1e-2))(params, opt)
     acc, _ = evaluate(lambda x: linear_logits(result.params, x), images, labels, test)
     assert float(acc) > 0.85
     assert int(result.best_epoch) >= 1
     # With a destructive learning rate the starting point (epoch 0) must be kept.
     trained = result.params
-    bad = tune(linear_logits, trained, opt, images, labels, train, holdout, jax.random.key(0), TuningConfig(epochs=2, lr=50.0))
+    bad = tune(linear_logits, trained, opt, images, labels, train, holdout, jax.random.key(0), TuningConfig(epochs=2), lr=50.0)
     assert int(bad.best_epoch) == 0
     np.testing.assert_array_equal(bad.params["w"], trained["w"])
 

@@ -47,11 +47,11 @@ def init_standalone_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
 
 
 def make_standalone_round_fn(cfg: RoundConfig) -> Callable:
-    def round_fn(state: BaselineState, data: RoundData):
+    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
         key = phase_key(state, "clients")
         models, accuracy = [], []
         for t, ratio in enumerate(cfg.tier_ratios):
-            out, acc = train_tier(cfg, ratio, state.client_vars[t], data, t, client_keys(key, cfg, t))
+            out, acc = train_tier(cfg, ratio, state.client_vars[t], data, t, client_keys(key, cfg, t), hparams["local_lr"])
             models.append(where_present(data.client_mask[t], out, state.client_vars[t]))
             accuracy.append(acc)
         nan = jnp.full((), jnp.nan, jnp.float32)
@@ -71,11 +71,11 @@ def init_serveralone_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
 def make_serveralone_round_fn(cfg: RoundConfig) -> Callable:
     apply_fn = functools.partial(cfg.model.apply, 1.0)
 
-    def round_fn(state: BaselineState, data: RoundData):
+    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
         new = local_train(
             apply_fn, state.global_vars, data.images, data.labels, server_set(data),
             phase_key(state, "server"), epochs=cfg.local_epochs,
-            batch_size=cfg.local_batch_size, lr=cfg.local_lr,
+            batch_size=cfg.local_batch_size, lr=hparams["local_lr"],
         )
         accuracy = [
             jax.vmap(

@@ -74,7 +74,7 @@ def broadcast_clients(variables: Variables, capacity: int) -> Variables:
 
 
 def train_tier(
-    cfg: RoundConfig, ratio: float, start: Variables, data: RoundData, tier: int, keys: jax.Array
+    cfg: RoundConfig, ratio: float, start: Variables, data: RoundData, tier: int, keys: jax.Array, lr: jax.Array
 ) -> tuple[Variables, jax.Array]:
     """Local training of one tier's clients from `start` (stacked over slots), then each
     trained model's accuracy on its client's own test split.
@@ -85,16 +85,16 @@ def train_tier(
     apply_fn = functools.partial(cfg.model.apply, ratio)
 
     def one_client(shared, variables, train_set, test_set, key):
-        images, labels = shared
+        images, labels, lr = shared
         out = local_train(
             apply_fn, variables, images, labels, train_set, key,
-            epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
+            epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=lr,
         )
         acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, cfg.eval_chunk)
         return out, acc
 
     return map_clients_over_devices(
-        cfg.devices, cfg.client_parallelism, cfg.client_chunk, one_client, (data.images, data.labels),
+        cfg.devices, cfg.client_parallelism, cfg.client_chunk, one_client, (data.images, data.labels, lr),
         start, data.client_train[tier], data.client_test[tier], keys,
     )
 
@@ -129,7 +129,7 @@ def server_set(data: RoundData) -> IndexSet:
 
 
 def pretrain_on_server(
-    cfg: RoundConfig, ratio: float, state: BaselineState, data: RoundData, enabled: bool
+    cfg: RoundConfig, ratio: float, state: BaselineState, data: RoundData, hparams: dict, enabled: bool
 ) -> Variables:
     """Round 1 only: the global model pre-trained on D exactly as FedConv's is (`cfg.pretrain`,
     held-out selection), when `enabled`; otherwise the global model unchanged.
@@ -145,8 +145,9 @@ def pretrain_on_server(
     def run(_):
         result = tune(
             lambda p, x: apply_fn({"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
-            gv["params"], make_optimizer(cfg.pretrain).init(gv["params"]), data.images, data.labels,
+            gv["params"], make_optimizer().init(gv["params"]), data.images, data.labels,
             data.server_train, data.server_holdout, phase_key(state, "server"), cfg.pretrain,
+            lr=hparams["pretrain_lr"],
         )
         return refresh_batch_stats(
             apply_fn, {"params": result.params, "batch_stats": gv["batch_stats"]},

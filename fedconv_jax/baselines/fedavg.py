@@ -46,13 +46,13 @@ def init_fedavg_state(cfg: RoundConfig, key: PRNGKey, variant: str) -> BaselineS
 def make_fedavg_round_fn(cfg: RoundConfig, variant: str, pretrain: bool = False) -> Callable:
     ratio = fedavg_ratio(cfg, variant)
 
-    def round_fn(state: BaselineState, data: RoundData):
-        state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, pretrain))
+    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
+        state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, hparams, pretrain))
         key = phase_key(state, "clients")
         trained, accuracy = [], []
         for t, capacity in enumerate(cfg.tier_capacity):
             start = broadcast_clients(state.global_vars, capacity)
-            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t))
+            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t), hparams["local_lr"])
             trained.append(out)
             accuracy.append(acc)
         stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *trained)

@@ -61,14 +61,14 @@ def make_slice_round_fn(cfg: RoundConfig, algorithm: str, pretrain: bool = False
     policy = POLICIES[algorithm]
     rules = slicing.channel_rules(jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0)))
 
-    def round_fn(state: BaselineState, data: RoundData):
-        state = state.replace(global_vars=pretrain_on_server(cfg, 1.0, state, data, pretrain))
+    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
+        state = state.replace(global_vars=pretrain_on_server(cfg, 1.0, state, data, hparams, pretrain))
         key = phase_key(state, "clients")
         tiers, accuracy = [], []
         for t, ratio in enumerate(cfg.tier_ratios):
             idx = tier_indices(cfg, policy, state, t)
             start = jax.vmap(lambda i: slicing.gather(state.global_vars, rules, i))(idx)
-            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t))
+            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t), hparams["local_lr"])
             tiers.append((out, idx, data.client_mask[t].astype(jnp.float32)))
             accuracy.append(acc)
         new = slicing.aggregate_slices(state.global_vars, rules, tiers)
