@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedconv_jax.dilation import dilate, init_dilation_filters
-from fedconv_jax.filters import FilterConfig
+from fedconv_jax.algorithms.fedconv.dilation import dilate, init_dilation_filters
+from fedconv_jax.algorithms.fedconv.filters import FilterConfig
+from fedconv_jax.core.tuning import masked_cross_entropy
 from fedconv_jax.models import make_model
-from fedconv_jax.tuning import masked_cross_entropy
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 

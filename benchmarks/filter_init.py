@@ -32,10 +32,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedconv_jax.compression import compress, init_compression_filters
-from fedconv_jax.filters import FilterConfig
+from fedconv_jax.algorithms.fedconv.compression import (
+    compress,
+    init_compression_filters,
+)
+from fedconv_jax.algorithms.fedconv.filters import FilterConfig
+from fedconv_jax.core.tuning import (
+    IndexSet,
+    TuningConfig,
+    evaluate,
+    make_optimizer,
+    tune,
+)
 from fedconv_jax.models.zoo import ModelSpec, make_model
-from fedconv_jax.tuning import IndexSet, TuningConfig, evaluate, make_optimizer, tune
 
 SETUPS = {
     "reference: random init, affine pre-proj, MLR": FilterConfig(

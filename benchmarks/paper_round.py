@@ -37,14 +37,13 @@ from synthetic_round import (
     synthetic_mnist,
 )
 
-from fedconv_jax.round import (
+from fedconv_jax.algorithms.fedconv.round import (
     PHASES,
     compress_phase,
     dilate_phase,
-    make_round_fn,
     run_phases,
 )
-from fedconv_jax.sharding import request_cpu_devices
+from fedconv_jax.core.sharding import request_cpu_devices
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -69,7 +68,7 @@ def main(argv=None):
         compress_epochs=0 if args.only_dilate else epochs, dilate_epochs=epochs, aggregate_epochs=epochs,
         client_parallelism=args.client_parallelism, client_chunk=args.client_chunk, devices=args.devices,
     )
-    cfg, data, state, hparams = exp.round_config, exp.data, exp.state, exp.hparams
+    cfg, data, state, hparams = exp.spec, exp.data, exp.state, exp.hparams
     seconds, gflop = {}, {}
 
     def timed(name, fn, *inputs):
@@ -100,7 +99,7 @@ def main(argv=None):
     run_phases(cfg, state, data, hparams, call=timed)  # the round's own phase chain, each phase compiled alone
     fused_s, accuracy = None, None
     if not args.quick:
-        fused = jax.jit(make_round_fn(cfg)).lower(state, data, hparams).compile()
+        fused = jax.jit(exp.algorithm.round).lower(state, data, hparams).compile()
         start = time.perf_counter()
         _, metrics = jax.block_until_ready(fused(state, data, hparams))
         fused_s, accuracy = time.perf_counter() - start, float(metrics["global_accuracy"])

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 from fedconv_jax.cli import _load_config, _split_overrides
 from fedconv_jax.config import validate
 from fedconv_jax.experiment import build_experiment
-from fedconv_jax.round import make_round_fn
 
 AGGREGATIONS = ("learned", "mean")
 
@@ -38,7 +37,7 @@ AGGREGATIONS = ("learned", "mean")
 def run(config, rounds: int) -> list[float]:
     """Global accuracy after every round."""
     exp = build_experiment(config)
-    round_fn = _round_fn(exp.round_config)
+    round_fn = _round_fn(exp.algorithm)
     state, accuracy = exp.state, []
     for _ in range(rounds):
         state, metrics = round_fn(state, exp.data, exp.hparams)
@@ -49,12 +48,12 @@ def run(config, rounds: int) -> list[float]:
 _COMPILED = {}
 
 
-def _round_fn(round_config):
-    # One jit per RoundConfig, reused across seeds, numbers of attackers and poison scales
-    # (all of them round inputs: no recompile).
-    if round_config not in _COMPILED:
-        _COMPILED[round_config] = jax.jit(make_round_fn(round_config), donate_argnums=0)
-    return _COMPILED[round_config]
+def _round_fn(algorithm):
+    # One jit per algorithm (name and spec), reused across seeds, numbers of attackers and
+    # poison scales (all of them round inputs: no recompile).
+    if algorithm not in _COMPILED:
+        _COMPILED[algorithm] = jax.jit(algorithm.round, donate_argnums=0)
+    return _COMPILED[algorithm]
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Client training of the paper's MNIST CNN (batch 32, Adam 1e-3) on synthetic MNIS
 data held on the device, K clients x n samples x E epochs, done five ways in ONE process
 with interleaved repeats (so machine load hits all alike):
 
-* ``map`` / ``vmap``: `fedconv_jax.client.local_train` over clients under one jit, as the
+* ``map`` / ``vmap``: `fedconv_jax.core.client.local_train` over clients under one jit, as the
   round's clients phase runs it (`lax.map` with batch_size ``--chunk``, or `vmap`);
 * ``map@D``: the same with the client axis sharded over D XLA:CPU devices (shard_map, as
   the round does with ``--config.devices=D``; one device per core);
@@ -49,10 +49,10 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import torch_peer
 
-from fedconv_jax.client import local_train, map_clients
+from fedconv_jax.core.client import local_train, map_clients
+from fedconv_jax.core.sharding import make_client_mesh, map_clients_sharded
+from fedconv_jax.core.tuning import IndexSet, masked_cross_entropy, shuffled_batches
 from fedconv_jax.models.zoo import make_model
-from fedconv_jax.sharding import make_client_mesh, map_clients_sharded
-from fedconv_jax.tuning import IndexSet, masked_cross_entropy, shuffled_batches
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 

@@ -31,9 +31,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from synthetic_round import build_synthetic_experiment, paper_ratios, synthetic_mnist
 
+from fedconv_jax.core.sharding import request_cpu_devices
 from fedconv_jax.experiment import time_phases
-from fedconv_jax.round import make_round_fn
-from fedconv_jax.sharding import request_cpu_devices
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -74,12 +73,12 @@ def main(argv=None):
             compress_epochs=1, dilate_epochs=1, aggregate_epochs=1, split_fractions=(0.01, 0.2, 0.74, 0.05),
             client_parallelism=args.client_parallelism, client_chunk=args.client_chunk, devices=args.devices,
         )
-        cfg, data, state, hparams = exp.round_config, exp.data, exp.state, exp.hparams
+        cfg, data, state, hparams = exp.spec, exp.data, exp.state, exp.hparams
         phases = None
         if not args.no_phases:
-            phases, _ = time_phases(cfg, state, data, hparams)  # state is not donated here
+            phases, _ = time_phases(exp.algorithm, state, data, hparams)  # state is not donated here
         start = time.perf_counter()
-        compiled = jax.jit(make_round_fn(cfg), donate_argnums=0).lower(state, data, hparams).compile()
+        compiled = jax.jit(exp.algorithm.round, donate_argnums=0).lower(state, data, hparams).compile()
         compile_s = time.perf_counter() - start
         mem = compiled.memory_analysis()
         program_bytes = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes) if mem else None

@@ -1,11 +1,11 @@
-"""Orbax checkpoints of the whole ServerState, resume guards, and metrics.jsonl repair.
+"""Orbax checkpoints of the whole round state (any algorithm's), resume guards, and metrics.jsonl repair.
 
 A checkpoint is the directory `<workdir>/checkpoints/<round>/` written by an Orbax
 `CheckpointManager` (atomic commit: a step is written to a temporary directory and renamed
 when complete, so a SIGKILL leaves either a complete step or a `*.orbax-checkpoint-tmp*`
 directory that is ignored). It holds two items:
 
-- `state`: the ServerState after `round` rounds, as host arrays; the PRNG key is stored as its
+- `state`: the algorithm's state after `round` rounds, as host arrays; the PRNG key is stored as its
   raw `key_data` and wrapped back on restore (restored against an abstract target built from a
   freshly initialised state, so NamedTuples and dataclasses come back as themselves);
 - `meta` (JSON): format version, round, the run's config, the partition seed, a digest of the
@@ -28,7 +28,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fedconv_jax.round import RoundData, ServerState
+from fedconv_jax.core.algorithm import State
+from fedconv_jax.core.data import RoundData
 
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -92,7 +93,7 @@ def data_digest(data: RoundData) -> str:
     return tree_digest(data)
 
 
-def _storable(state: ServerState) -> ServerState:
+def _storable(state: State) -> State:
     """Host copy with the typed PRNG key as its raw uint32 data."""
     return jax.device_get(state.replace(key=jax.random.key_data(state.key)))
 
@@ -109,17 +110,30 @@ def existing_run_files(workdir: Path) -> list[str]:
     return found
 
 
+class _DropSaveWaitNotes(logging.Filter):
+    """Orbax warns when a save waits for the previous one (over about a second). Rounds of a
+    small config are shorter than an async save, so on a busy machine every run would print
+    it; the save still completes, in order, and a row's `seconds` excludes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Waiting for previous save to complete")
+
+
+_SAVE_WAIT_FILTER = _DropSaveWaitNotes()
+
+
 class Checkpointer:
     """Saves every `every` rounds (and the last), keeps the `keep` newest complete steps."""
 
     def __init__(self, workdir: Path, keep: int):
+        logging.getLogger("absl").addFilter(_SAVE_WAIT_FILTER)  # once: filters are a set
         self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory.absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
         )
 
-    def save(self, state: ServerState, meta: dict) -> None:
+    def save(self, state: State, meta: dict) -> None:
         """Starts an async save of the state after `state.round` rounds (host copy first)."""
         step = int(state.round)
         host = _storable(state)  # a host copy: the next round may donate the device buffers
@@ -144,7 +158,7 @@ class Checkpointer:
         self.manager.close()
 
 
-def _restore_step(manager, step: int, template: ServerState) -> tuple[ServerState, dict]:
+def _restore_step(manager, step: int, template: State) -> tuple[State, dict]:
     abstract = jax.eval_shape(lambda s: s.replace(key=jax.random.key_data(s.key)), template)
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
@@ -160,8 +174,8 @@ def _restore_step(manager, step: int, template: ServerState) -> tuple[ServerStat
 
 
 def find_latest(
-    workdir: Path, template: ServerState, warn: Callable[[str], None]
-) -> tuple[ServerState, dict, list[int]] | None:
+    workdir: Path, template: State, warn: Callable[[str], None]
+) -> tuple[State, dict, list[int]] | None:
     """The newest complete, intact checkpoint: (state, meta, newer unusable steps).
 
     `template` may be abstract (`jax.eval_shape` of the initial state): only its structure,

@@ -21,23 +21,27 @@ COMPILE_CACHE_HELP = (
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
+SWEEP_USAGE = (
+    "fedconv-jax sweep --config configs/<name>.py --workdir DIR --sweep.<field>=v1,v2,... [--sweep.seed=0,1] "
+    "[--run-axis map|vmap] [--config.<field>=<value> ...]"
+)
 COMPARE_USAGE = (
     "fedconv-jax compare --config configs/<name>.py --algorithms fedconv,heterofl,... "
     "--alphas 0.1,1 --workdir DIR [--config.<field>=<value> ...]"
 )
 
 
-def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+def _split_overrides(argv: list[str], prefix: str = "--config.") -> tuple[list[str], dict[str, str]]:
     """Separates `--config.<field>=<value>` (or `--config.<field> <value>`) from other args."""
     rest, overrides = [], {}
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--config."):
-            field, eq, value = arg[len("--config.") :].partition("=")
+        if arg.startswith(prefix):
+            field, eq, value = arg[len(prefix) :].partition("=")
             if not eq:
                 if i + 1 >= len(argv):
-                    raise SystemExit(_fail(f"--config.{field} needs a value: --config.{field}=<value>"))
+                    raise SystemExit(_fail(f"{prefix}{field} needs a value: {prefix}{field}=<value>"))
                 value, i = argv[i + 1], i + 1
             overrides[field] = value
         else:
@@ -58,7 +62,7 @@ def _load_config(path, overrides):
     config = load_config(path)
     apply_overrides(config, overrides)
     if isinstance(config.get("devices"), int):
-        from fedconv_jax.sharding import request_cpu_devices
+        from fedconv_jax.core.sharding import request_cpu_devices
 
         request_cpu_devices(config.devices)  # before JAX's backend starts: N XLA:CPU devices
     validate(config)
@@ -164,20 +168,21 @@ def _data_describe(args, overrides) -> int:
         config = _load_config(args.config, overrides)
     except ConfigError as err:
         return _fail(str(err))
+    from fedconv_jax.config import data_seed
     from fedconv_jax.data import load_dataset, partition_summary, split_federated
     from fedconv_jax.data.describe import save_heatmap, summary_table
 
     try:
         dataset = load_dataset(config.dataset, config.data_dir or None)
         split = split_federated(
-            dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions),
+            dataset.labels, config.num_clients, config.alpha, data_seed(config), tuple(config.split_fractions),
             partition=config.partition, shards_per_client=config.shards_per_client,
         )
     except ValueError as err:
         return _fail(str(err))
     print(summary_table(dataset, split, tuple(config.shrink_ratios)))
     how = f"alpha={config.alpha:g}" if config.partition == "dirichlet" else f"shards_per_client={config.shards_per_client}"
-    title = f"{dataset.name}: {config.num_clients} clients, {config.partition} ({how}), seed {config.seed}"
+    title = f"{dataset.name}: {config.num_clients} clients, {config.partition} ({how}), seed {data_seed(config)}"
     path = save_heatmap(partition_summary(split, dataset.labels, dataset.num_classes), args.out, title)
     print(f"heat map -> {path}")
     return 0
@@ -203,6 +208,30 @@ def _compare(args, overrides) -> int:
         return _fail(str(err))
     workdir = Path(args.workdir)
     print(f"{len(algorithms) * len(alphas)} runs -> {workdir / 'results.md'}, {workdir / 'results.csv'}, {workdir / 'curves.png'}")
+    return 0
+
+
+def _sweep(args, overrides, sweep_texts) -> int:
+    from fedconv_jax.config import ConfigError
+
+    try:
+        config = _load_config(args.config, overrides)
+        from fedconv_jax.sweep import parse_sweep, sweep_runs
+
+        sweep = parse_sweep(config, sweep_texts)
+        runs = sweep_runs(config, sweep)
+    except ConfigError as err:
+        return _fail(str(err).replace("config.sweep.", "--sweep.").replace("config.sweep=", "--sweep="))
+    _use_compile_cache(args.compile_cache)
+
+    from fedconv_jax.sweep import run_sweep
+
+    try:
+        run_sweep(config, sweep, Path(args.workdir), run_axis=args.run_axis, progress=not args.quiet)
+    except ValueError as err:  # ConfigError and CheckpointError are ValueErrors
+        return _fail(str(err).replace("config.sweep.", "--sweep."))
+    workdir = Path(args.workdir)
+    print(f"{len(runs)} runs in one program -> {workdir / 'summary.md'}, {workdir / 'summary.csv'}, {workdir / 'curves.png'}")
     return 0
 
 
@@ -256,10 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--workdir", required=True, help="output directory (one sub-directory per run)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
     compare.add_argument("--compile-cache", default=None, metavar="DIR|off", help=COMPILE_CACHE_HELP)
+    sweep = sub.add_parser("sweep", help="runs differing in hyper-parameters and seeds, in one program", usage=SWEEP_USAGE)
+    sweep.add_argument("--config", required=True, help="path to a configs/<name>.py file")
+    sweep.add_argument("--workdir", required=True, help="output directory (one sub-directory per run)")
+    sweep.add_argument("--run-axis", default="map", choices=("map", "vmap"),
+                       help="how the runs share the program: lax.map (default; measured faster on CPU) or vmap")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--compile-cache", default=None, metavar="DIR|off", help=COMPILE_CACHE_HELP)
     rest, overrides = _split_overrides(argv)
+    rest, sweep_texts = _split_overrides(rest, "--sweep.")
     args = parser.parse_args(rest)
     if args.command == "run":
         return _run(args, overrides)
+    if args.command == "sweep":
+        return _sweep(args, overrides, sweep_texts)
     if args.command == "compare":
         return _compare(args, overrides)
     if args.data_command == "import":

@@ -1,8 +1,9 @@
-"""Run configs: defaults, loading, command-line overrides, validation, and the RoundConfig.
+"""Run configs: defaults, loading, command-line overrides, validation, the spec and hparams.
 
 Every field has its default here (the paper's setting where it gives one, SPEC §2-§6); files in
 configs/ start from `default_config()` and change what they need. Library functions never
-read configs: `make_round_config` turns one into keyword arguments.
+read configs: `make_round_spec` and `make_hparams` turn one into a static spec and traced
+hyper-parameters, and each algorithm's registered `options` into its factory's arguments.
 """
 
 import ast
@@ -14,28 +15,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fedconv_jax.aggregation import GRANULARITIES
-from fedconv_jax.baselines import BASELINES
-from fedconv_jax.data import PARTITIONS, is_dataset_name
-from fedconv_jax.filters import (
+import fedconv_jax.algorithms  # noqa: F401  (registers every algorithm)
+from fedconv_jax.algorithms.fedconv.aggregation import GRANULARITIES
+from fedconv_jax.algorithms.fedconv.filters import (
     FILTER_IMPLS,
     FILTER_INITS,
     PRE_PROJECTIONS,
     RESIDUALS,
-    FilterConfig,
 )
+from fedconv_jax.algorithms.fedconv.round import AGGREGATIONS
+from fedconv_jax.core.algorithm import HParams, algorithm_entry, algorithm_names
+from fedconv_jax.core.participation import POISON_MODES
+from fedconv_jax.core.spec import CLIENT_PARALLELISM, RoundSpec
+from fedconv_jax.core.tuning import TuningConfig
+from fedconv_jax.data import PARTITIONS, is_dataset_name
 from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
-from fedconv_jax.participation import POISON_MODES
-from fedconv_jax.round import (
-    AGGREGATIONS,
-    CLIENT_PARALLELISM,
-    HPARAMS,
-    HParams,
-    RoundConfig,
-)
-from fedconv_jax.tuning import TuningConfig
 
-ALGORITHMS = ("fedconv", *BASELINES)
+ALGORITHMS = algorithm_names()
 MAX_INT = 2**31 - 1  # int32: seeds, counts and epochs all end up as device integers
 MAX_BATCH = 65536  # batch sizes pad every index list to a multiple of themselves
 CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
@@ -57,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # TFDS data dir; "" = $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets
     c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN) or "cnn_bn" (the same with BatchNorm)
     c.seed = 0  # one seed for data split, init and every random draw
+    c.data_seed = -1  # seed of the data split and of D's held-out slice alone; -1 = seed (a sweep pins it)
     c.rounds = 100  # communication rounds
     # --- clients and data split (SPEC §6)
     c.num_clients = 20  # number of clients
@@ -201,6 +198,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)
+    _positive_int(config, "data_seed", minimum=-1)
     for field in ("rounds", "num_clients", "local_epochs", "client_chunk", "eval_chunk", "shards_per_client"):
         _positive_int(config, field)
     _positive_int(config, "batch_size", maximum=MAX_BATCH)
@@ -245,42 +243,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 raise ConfigError(field, config[field], f"{idle} with algorithm={config.algorithm} (fedconv only)")
 
 
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the data split: `data_seed`, or `seed` when it is -1."""
+    return config.seed if config.data_seed < 0 else config.data_seed
+
+
 def make_hparams(config: ml_collections.ConfigDict) -> HParams:
-    """The round's traced hyper-parameters of a validated config: {field: float32 scalar}.
+    """The traced hyper-parameters the config's algorithm reads: {field: float32 scalar}.
 
     They are an argument of the compiled round, not part of it: another value reuses the
     program (and `jax.grad` can take their gradient).
     """
-    return {name: jnp.asarray(config[name], jnp.float32) for name in HPARAMS}
+    return {name: jnp.asarray(config[name], jnp.float32) for name in algorithm_entry(config.algorithm).hparams}
 
 
-def make_round_config(config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape) -> RoundConfig:
-    """Builds the static RoundConfig of a validated config."""
-
-    def filter_tuning(epochs):
-        return TuningConfig(
-            epochs=epochs, batch_size=config.batch_size, cosine_t_max=config.cosine_t_max,
-            select_best=config.select_best,
-        )
-
-    return RoundConfig(
+def make_round_spec(
+    config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape
+) -> RoundSpec:
+    """The static spec every algorithm shares, from a validated config."""
+    return RoundSpec(
         model=make_model(config.model, num_classes, input_shape, config.conv_impl),
         tier_ratios=tuple(tier_ratios),
         tier_capacity=tuple(tier_capacity),
-        filters=FilterConfig(
-            pre_projection=config.pre_projection, residual=config.residual, mlr=config.mlr,
-            init=config.filter_init, impl=config.filter_impl,
-        ),
         pretrain=TuningConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, select_best=config.select_best),
-        compress=filter_tuning(config.compress_epochs),
-        dilate=filter_tuning(config.dilate_epochs),
-        aggregate=TuningConfig(epochs=config.aggregate_epochs, batch_size=config.batch_size, select_best=config.select_best),
-        pretrain_every_round=config.pretrain_every_round,
         local_epochs=config.local_epochs,
         local_batch_size=config.batch_size,
-        aggregation=config.aggregation,
-        aggregation_granularity=config.aggregation_granularity,
-        aggregation_normalize=config.aggregation_normalize,
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
         devices=config.devices,

@@ -20,23 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedconv_jax.client import local_train
+from fedconv_jax.core.algorithm import FederatedAlgorithm
+from fedconv_jax.core.client import local_train
+from fedconv_jax.core.data import IndexSet
+from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.models import ModelSpec
-from fedconv_jax.round import RoundConfig
-from fedconv_jax.tuning import IndexSet
-
-# algorithm -> the model width a client of SR s trains (None: clients train nothing).
-_TRAINED_RATIO = {
-    "fedconv": lambda s, ratios: s,
-    "heterofl": lambda s, ratios: s,
-    "fedrolex": lambda s, ratios: s,
-    "feddropout": lambda s, ratios: s,
-    "standalone": lambda s, ratios: s,
-    "fedavg_small": lambda s, ratios: min(ratios),
-    "fedavg_full": lambda s, ratios: 1.0,
-    "serveralone": lambda s, ratios: None,
-}
-_NOTHING_SENT = ("standalone", "serveralone")
 
 
 def variables_bytes(variables) -> int:
@@ -44,7 +32,7 @@ def variables_bytes(variables) -> int:
     return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(variables)))
 
 
-def step_costs(cfg: RoundConfig, ratio: float) -> dict[str, float]:
+def step_costs(cfg: RoundSpec, ratio: float) -> dict[str, float]:
     """FLOPs and peak memory of one compiled client training step at width `ratio`."""
     return dict(_step_costs(cfg.model, cfg.local_batch_size, float(ratio)))
 
@@ -70,22 +58,21 @@ def _step_costs(model: ModelSpec, batch: int, ratio: float) -> tuple[tuple[str, 
     )
 
 
-def client_costs(
-    algorithm: str, cfg: RoundConfig, num_samples: Sequence[np.ndarray]
-) -> dict[str, dict]:
+def client_costs(algorithm: FederatedAlgorithm, num_samples: Sequence[np.ndarray]) -> dict[str, dict]:
     """Per tier (keyed by SR as in `tier_accuracy`): the costs of one client per round.
 
+    What a client trains and sends is the algorithm's to say (`trained_ratio`,
+    `sends_model`).
+
     Args:
-      algorithm: a name from config.ALGORITHMS.
-      cfg: the run's RoundConfig.
+      algorithm: the run's algorithm (its spec gives tiers, model and local training).
       num_samples: per tier, the training-set sizes of its client slots.
     """
-    if algorithm not in _TRAINED_RATIO:
-        raise ValueError(f"algorithm={algorithm!r} has no cost model; allowed: {', '.join(_TRAINED_RATIO)}")
+    cfg = algorithm.spec
     cache: dict[float, dict] = {}
     out = {}
     for ratio, n in zip(cfg.tier_ratios, num_samples):
-        trained = _TRAINED_RATIO[algorithm](ratio, cfg.tier_ratios)
+        trained = algorithm.trained_ratio(ratio)
         if trained is None:
             out[f"{ratio:g}"] = {
                 "trained_ratio": None, "bytes_down": 0, "bytes_up": 0, "flops_per_step": 0.0,
@@ -95,7 +82,7 @@ def client_costs(
         if trained not in cache:
             cache[trained] = step_costs(cfg, trained)
         step = cache[trained]
-        sent = 0 if algorithm in _NOTHING_SENT else variables_bytes(
+        sent = 0 if not algorithm.sends_model else variables_bytes(
             jax.eval_shape(lambda t=trained: cfg.model.init(jax.random.key(0), t))
         )
         steps = [cfg.local_epochs * math.ceil(int(x) / cfg.local_batch_size) for x in np.asarray(n)]

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from fedconv_jax.core.data import IndexSet, RoundData
+from fedconv_jax.core.participation import attack_code
 from fedconv_jax.data import Dataset, FederatedSplit, pad_index_lists
-from fedconv_jax.participation import attack_code
-from fedconv_jax.round import RoundData
-from fedconv_jax.tuning import IndexSet
 
 
 def group_tiers(shrink_ratios: Sequence[float]) -> tuple[tuple[float, ...], tuple[tuple[int, ...], ...]]:

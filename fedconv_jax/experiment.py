@@ -13,27 +13,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedconv_jax import checkpointing
-from fedconv_jax.baselines import (
-    BaselineState,
-    init_baseline_state,
-    make_baseline_round_fn,
-)
-from fedconv_jax.config import make_hparams, make_round_config
-from fedconv_jax.costs import client_costs
-from fedconv_jax.data import Dataset, load_dataset, split_federated
-from fedconv_jax.device_data import group_tiers, make_round_data
-from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
-from fedconv_jax.round import (
-    PHASES,
+from fedconv_jax.config import data_seed, make_hparams, make_round_spec
+from fedconv_jax.core.algorithm import (
+    FederatedAlgorithm,
     HParams,
-    RoundConfig,
-    RoundData,
-    ServerState,
-    init_server_state,
-    make_round_fn,
-    run_phases,
+    State,
+    make_algorithm,
 )
-from fedconv_jax.sharding import (
+from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.sharding import (
     data_shardings,
     jit_round,
     make_client_mesh,
@@ -41,30 +29,40 @@ from fedconv_jax.sharding import (
     replicated,
     state_shardings,
 )
+from fedconv_jax.core.spec import RoundSpec
+from fedconv_jax.costs import client_costs
+from fedconv_jax.data import Dataset, load_dataset, split_federated
+from fedconv_jax.device_data import group_tiers, make_round_data
+from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 
 
 @dataclasses.dataclass
 class Experiment:
+    """A built run: the config, its algorithm (with its spec), device data, initial state and
+    traced hyper-parameters."""
+
     config: ml_collections.ConfigDict
-    round_config: RoundConfig
+    algorithm: FederatedAlgorithm
     data: RoundData
-    state: ServerState | BaselineState
+    state: State
     tier_members: tuple[tuple[int, ...], ...]
     hparams: HParams
 
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jitted_initial_state(algorithm: str, round_config: RoundConfig, seed: jax.Array) -> ServerState | BaselineState:
-    key = jax.random.key(seed)
-    if algorithm == "fedconv":
-        return init_server_state(round_config, key)
-    return init_baseline_state(algorithm, round_config, key)
+    @property
+    def spec(self) -> RoundSpec:
+        return self.algorithm.spec
 
 
-def _initial_state(config: ml_collections.ConfigDict, round_config: RoundConfig) -> ServerState | BaselineState:
+@functools.lru_cache(maxsize=32)
+def _jitted_init(algorithm: FederatedAlgorithm) -> Callable:
     # One program, not an eager dispatch (and compile) per init op: about as slow the first
     # time, but the persistent compilation cache then serves every later run of the config.
-    return _jitted_initial_state(config.algorithm, round_config, np.int32(config.seed))
+    return jax.jit(lambda seed: algorithm.init(jax.random.key(seed)))
+
+
+def initial_state(algorithm: FederatedAlgorithm, seed: int) -> State:
+    """The algorithm's initial state for `seed`, built by one jitted program."""
+    return _jitted_init(algorithm)(np.int32(seed))
 
 
 def build_experiment(
@@ -79,50 +77,48 @@ def build_experiment(
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir or None)
     split = split_federated(
-        dataset.labels, config.num_clients, config.alpha, config.seed, tuple(config.split_fractions),
+        dataset.labels, config.num_clients, config.alpha, data_seed(config), tuple(config.split_fractions),
         partition=config.partition, shards_per_client=config.shards_per_client,
     )
     ratios, members = group_tiers(config.shrink_ratios)
     capacity = tuple(padded_capacity(len(m), config.devices) for m in members)
-    round_config = make_round_config(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])
+    spec = make_round_spec(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])
+    algorithm = make_algorithm(config.algorithm, spec, config)
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,
-        holdout_fraction=config.holdout_fraction, seed=config.seed, tier_capacity=capacity,
+        holdout_fraction=config.holdout_fraction, seed=data_seed(config), tier_capacity=capacity,
         poisoned_clients=config.poisoned_clients, poison_mode=config.poison_mode,
     )
-    init = functools.partial(_initial_state, config, round_config)
+    init = functools.partial(initial_state, algorithm, config.seed)
     state = jax.eval_shape(init) if abstract_state else init()
     # Laid out on the client mesh (1 device included), so round 2 sees round 1's input layout.
     mesh = make_client_mesh(config.devices)
     data = jax.device_put(data, data_shardings(mesh, data))
     if not abstract_state:
-        state = jax.device_put(state, state_shardings(mesh, state))
+        state = jax.device_put(state, state_shardings(mesh, state, algorithm.per_client_fields))
     hparams = make_hparams(config)
     hparams = jax.device_put(hparams, replicated(mesh, hparams))
-    return Experiment(config, round_config, data, state, members, hparams)
+    return Experiment(config, algorithm, data, state, members, hparams)
 
 
 def round_program(exp: Experiment) -> tuple[Callable, tuple]:
     """The run's round function, jitted as the run loop jits it (state donated, layouts
     pinned), and the inputs it is called with."""
-    config = exp.config
-    if config.algorithm == "fedconv":
-        round_fn = make_round_fn(exp.round_config)
-    else:
-        round_fn = make_baseline_round_fn(config.algorithm, exp.round_config, config.baseline_pretrain)
-    mesh = make_client_mesh(config.devices)
-    return jit_round(round_fn, mesh, exp.state, exp.data, exp.hparams), (exp.state, exp.data, exp.hparams)
+    mesh = make_client_mesh(exp.config.devices)
+    return jit_round(exp.algorithm, mesh, exp.state, exp.data, exp.hparams), (exp.state, exp.data, exp.hparams)
 
 
 def time_phases(
-    round_config: RoundConfig, state: ServerState, data: RoundData, hparams: HParams
-) -> tuple[dict[str, float], ServerState]:
+    algorithm: FederatedAlgorithm, state: State, data: RoundData, hparams: HParams
+) -> tuple[dict[str, float], State]:
     """Seconds per phase of one round, each phase its own jitted program (compile excluded),
     and the state after the round (the fused round's result, up to summation order).
 
-    Runs the round's own phase chain (`round.run_phases`) with a timing hook. The state is
+    Runs the algorithm's own phase chain (`phased_round`) with a timing hook. The state is
     not donated, so the caller can still run the fused round on it.
     """
+    if algorithm.phased_round is None:
+        raise ValueError(f"algorithm {algorithm.name!r} has no phases to time")
     seconds = {}
 
     def timed(name: str, fn, *args):
@@ -132,13 +128,13 @@ def time_phases(
         seconds[name] = time.perf_counter() - start
         return out
 
-    state, _ = run_phases(round_config, state, data, hparams, call=timed)
-    return {name: seconds[name] for name in PHASES}, state
+    state, _ = algorithm.phased_round(timed)(state, data, hparams)
+    return seconds, state
 
 
 def _prepare_workdir(
     exp: Experiment, workdir: Path, resume: bool, warn: Callable[[str], None]
-) -> tuple[ServerState, list[int]]:
+) -> tuple[State, list[int]]:
     """Resume guards; returns the state to start from and unusable checkpoint steps.
 
     Read-only: every refusal happens before anything is written to the workdir.
@@ -154,7 +150,7 @@ def _prepare_workdir(
     latest = checkpointing.find_latest(workdir, exp.state, warn)
     if latest is None:
         warn(f"--resume: no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}; starting at round 1")
-        return _initial_state(config, exp.round_config), []  # a baseline's state for a baseline
+        return initial_state(exp.algorithm, config.seed), []
     state, meta, bad = latest
     checkpointing.check_config_change(
         meta["config"], checkpointing.jsonable_config(config), config.allow_config_change
@@ -195,22 +191,23 @@ def run_experiment(
             saver.delete(step)
     meta = {
         "config": checkpointing.jsonable_config(config),
-        "partition_seed": config.seed,
+        "partition_seed": data_seed(config),
         "data_digest": checkpointing.data_digest(exp.data),
     }
     counter = CompileCounter()
     mesh = make_client_mesh(config.devices)
     round_fn, _ = round_program(exp)
-    state = jax.device_put(state, state_shardings(mesh, state))  # a restored state arrives unplaced
+    # a restored state arrives unplaced
+    state = jax.device_put(state, state_shardings(mesh, state, exp.algorithm.per_client_fields))
 
     costs = None
     if config.client_costs:
         samples = [np.asarray(n) for n in exp.data.num_samples]
-        costs = client_costs(config.algorithm, exp.round_config, samples)
+        costs = client_costs(exp.algorithm, samples)
 
     phase_seconds = None
-    if config.phase_timing and config.algorithm == "fedconv" and start_round < config.rounds:
-        phase_seconds, _ = time_phases(exp.round_config, state, exp.data, exp.hparams)
+    if config.phase_timing and exp.algorithm.phased_round is not None and start_round < config.rounds:
+        phase_seconds, _ = time_phases(exp.algorithm, state, exp.data, exp.hparams)
 
     with counter.counting():
         start = time.perf_counter()
@@ -236,9 +233,9 @@ def run_experiment(
                     phases["pretrain"] = 0.0  # the fused program skips it after round 1
             row = round_row(
                 round_index=r, algorithm=config.algorithm, device_metrics=device_metrics,
-                tier_ratios=exp.round_config.tier_ratios, client_masks=client_masks,
+                tier_ratios=exp.spec.tier_ratios, client_masks=client_masks,
                 seconds=seconds, phase_seconds=phases, compiles=counter.count,
-                digest=params_digest(state),
+                digest=params_digest(exp.algorithm.digest(state)),
             )
             row["compile_seconds"] = compile_seconds
             row["client_costs"] = costs

@@ -8,8 +8,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fedconv_jax.round import ServerState
-
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -36,11 +34,12 @@ class CompileCounter:
             self._active = False
 
 
-def params_digest(state: ServerState) -> str:
-    """sha256 of the global parameters' bytes, in tree-flatten order (and of the clients'
-    own models for baselines that keep them: standalone has no global model)."""
+def params_digest(params) -> str:
+    """sha256 of a parameter tree's bytes, in tree-flatten order: what an algorithm's
+    `digest(state)` returns (the global parameters; the clients' own models too where an
+    algorithm keeps them: standalone has no global model)."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves((state.global_vars["params"], getattr(state, "client_vars", ()))):
+    for leaf in jax.tree.leaves(params):
         digest.update(np.asarray(jax.device_get(leaf)).tobytes())
     return digest.hexdigest()
 

@@ -35,7 +35,7 @@ def global_params(mnist_model):
 # longest, single-test modules last, side by side.
 HEAVY_FIRST = (
     "test_sharding", "test_resume", "test_cli", "test_participation", "test_round",
-    "test_baselines", "test_filters", "test_compare", "test_data_sources",
+    "test_algorithms", "test_filters", "test_compare", "test_data_sources",
 )
 
 

@@ -3,12 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedconv_jax.aggregation import (
+from fedconv_jax.algorithms.fedconv.aggregation import (
     aggregate,
     init_aggregation_weights,
     kld_term,
-    weighted_average,
 )
+from fedconv_jax.core.averaging import weighted_average
 
 N = jnp.array([10.0, 30.0, 60.0, 5.0])
 MASK = jnp.array([True, True, True, False])

@@ -35,6 +35,7 @@ def _kind(value):
 
 
 FREE_FORM = {"data_dir"}  # any string is a valid path; a missing data set is tested in test_data_sources
+VALID_HERE = {"data_seed": {"-1"}}  # pool values that this field allows (-1: "use seed")
 
 
 def _fields():
@@ -50,7 +51,8 @@ def _draws(seed: int, n: int):
     for _ in range(n):
         picks = {}
         for field in rng.sample(fields, rng.choice([1, 1, 2, 3])):
-            picks[field] = rng.choice(INVALID[_kind(defaults[field])])
+            pool = [v for v in INVALID[_kind(defaults[field])] if v not in VALID_HERE.get(field, ())]
+            picks[field] = rng.choice(pool)
         cases.append([f"--config.{f}={v}" for f, v in picks.items()])
     cases += [["--config.no_such_field=1"], ["--config.rounds"], ["--config.=3"], ["--config.seed=1", "--config.poisoned_clients=11"]]
     return cases

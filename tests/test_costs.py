@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from fedconv_jax.config import default_config
+from fedconv_jax.core.algorithm import make_algorithm
+from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.costs import client_costs, step_costs
 from fedconv_jax.models import make_model
-from fedconv_jax.round import RoundConfig
 
 MNIST_PARAMS = {"1": 20_490, "0.75": 14_506, "0.5": 9_098}  # SPEC §3
 
@@ -15,7 +17,11 @@ MNIST_PARAMS = {"1": 20_490, "0.75": 14_506, "0.5": 9_098}  # SPEC §3
 @pytest.fixture(scope="module")
 def cfg():
     model = make_model("cnn", 10, (28, 28, 1), "im2col")
-    return RoundConfig(model=model, tier_ratios=(1.0, 0.75, 0.5), tier_capacity=(1, 2, 1), local_epochs=3)
+    return RoundSpec(model=model, tier_ratios=(1.0, 0.75, 0.5), tier_capacity=(1, 2, 1), local_epochs=3)
+
+
+def _algorithm(name, spec):
+    return make_algorithm(name, spec, default_config())
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,7 @@ def samples():
 
 @pytest.fixture(scope="module")
 def fedconv_costs(cfg, samples):
-    return client_costs("fedconv", cfg, samples)
+    return client_costs(_algorithm("fedconv", cfg), samples)
 
 
 def _analytic_train_flops(ratio, batch):
@@ -52,21 +58,21 @@ def test_flops_match_an_analytic_count_and_scale_with_steps(cfg, fedconv_costs):
 
 
 def test_costs_follow_what_each_algorithm_trains_and_sends(cfg, samples, fedconv_costs):
-    small = client_costs("fedavg_small", cfg, samples)
+    small = client_costs(_algorithm("fedavg_small", cfg), samples)
     assert all(small[t]["bytes_up"] == 4 * MNIST_PARAMS["0.5"] for t in MNIST_PARAMS)
     assert small["1"]["flops_per_step"] == fedconv_costs["0.5"]["flops_per_step"]
-    alone = client_costs("standalone", cfg, samples)
+    alone = client_costs(_algorithm("standalone", cfg), samples)
     assert alone["0.75"]["bytes_down"] == 0 and alone["0.75"]["train_flops"] == fedconv_costs["0.75"]["train_flops"]
-    server = client_costs("serveralone", cfg, samples)
+    server = client_costs(_algorithm("serveralone", cfg), samples)
     assert server["1"]["train_flops"] == [0.0] and server["1"]["bytes_up"] == 0
     with pytest.raises(ValueError, match="algorithm='lottery'"):
-        client_costs("lottery", cfg, samples)
+        _algorithm("lottery", cfg)
 
 
 def test_step_costs_of_the_batchnorm_model_count_its_statistics():
     model = make_model("cnn_bn", 10, (8, 8, 1), "im2col")
-    cfg = RoundConfig(model=model, tier_ratios=(1.0,), tier_capacity=(1,))
-    costs = client_costs("heterofl", cfg, [np.array([10.0])])["1"]
+    cfg = RoundSpec(model=model, tier_ratios=(1.0,), tier_capacity=(1,))
+    costs = client_costs(_algorithm("heterofl", cfg), [np.array([10.0])])["1"]
     # conv 1->16, conv 16->32, head 128->10, BN scale/bias/mean/var for 16 + 32 channels.
     params = (9 * 16 + 16) + (9 * 16 * 32 + 32) + (128 * 10 + 10) + 4 * (16 + 32)
     assert costs["bytes_down"] == 4 * params

@@ -14,7 +14,11 @@ import tensorflow_datasets as tfds
 from fedconv_jax.cli import main
 from fedconv_jax.data import load_dataset
 from fedconv_jax.data.importers import ImportFileError, import_dataset
-from fedconv_jax.data.tfds_source import DatasetNotPrepared, dataset_from_builder, resolve_data_dir
+from fedconv_jax.data.tfds_source import (
+    DatasetNotPrepared,
+    dataset_from_builder,
+    resolve_data_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_PKL = ROOT.parent / "shared" / "data" / "mnist.pkl.gz"

@@ -5,13 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedconv_jax.compression import (
+from fedconv_jax.algorithms.fedconv.compression import (
     compress,
     compress_batch_stats,
     init_compression_filters,
 )
-from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
-from fedconv_jax.filters import (
+from fedconv_jax.algorithms.fedconv.dilation import (
+    dilate,
+    dilate_batch_stats,
+    init_dilation_filters,
+)
+from fedconv_jax.algorithms.fedconv.filters import (
     FilterConfig,
     apply_tap,
     correlate,

@@ -5,18 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedconv_jax.algorithms.fedconv.round import PHASES, clients_phase, compress_phase
 from fedconv_jax.config import default_config, validate
-from fedconv_jax.experiment import build_experiment, time_phases
-from fedconv_jax.metrics import CompileCounter
-from fedconv_jax.participation import (
+from fedconv_jax.core.participation import (
     attack_code,
     finite_mask,
     participation_mask,
     poison_uploads,
     select_clients,
 )
-from fedconv_jax.round import PHASES, clients_phase, compress_phase, make_round_fn
-from fedconv_jax.sharding import jit_round, make_client_mesh
+from fedconv_jax.core.sharding import jit_round, make_client_mesh
+from fedconv_jax.experiment import build_experiment, time_phases
+from fedconv_jax.metrics import CompileCounter
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -108,7 +108,7 @@ def fault_round():
     exp = build_experiment(_fault_config())
     # As the CLI jits it: pinned input layouts, so the tests' edited copies of the data
     # (NaN images, other masks) are laid out like the original and reuse one program.
-    round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(1), exp.state, exp.data, exp.hparams, donate=False)
+    round_fn = jit_round(exp.algorithm, make_client_mesh(1), exp.state, exp.data, exp.hparams, donate=False)
     return exp, round_fn
 
 
@@ -134,7 +134,7 @@ def test_plain_averaging_keeps_the_aggregation_weights(fault_round):
 
 def test_phase_separated_run_times_every_phase_and_equals_the_fused_round(fault_round):
     exp, round_fn = fault_round
-    seconds, phased = time_phases(exp.round_config, exp.state, exp.data, exp.hparams)
+    seconds, phased = time_phases(exp.algorithm, exp.state, exp.data, exp.hparams)
     assert list(seconds) == list(PHASES) and all(s >= 0 for s in seconds.values())
     fused, _ = round_fn(exp.state, exp.data, exp.hparams)
     np.testing.assert_allclose(_flat(phased.global_vars), _flat(fused.global_vars), rtol=1e-6, atol=1e-6)
@@ -146,7 +146,7 @@ def test_nan_client_is_excluded_and_equals_the_round_without_it(fault_round):
     exp, round_fn = fault_round
     counter = CompileCounter()
     data = exp.data
-    assert exp.round_config.tier_ratios == (1.0, 0.5)
+    assert exp.spec.tier_ratios == (1.0, 0.5)
     # Client slot 0 of the SR 0.5 tier gets NaN training images: its upload is NaN.
     train = data.client_train[1]
     bad_idx = np.asarray(train.idx[0])[np.asarray(train.mask[0])]
@@ -208,7 +208,7 @@ def test_dropout_inside_the_round_is_seeded_by_round():
     config.shrink_ratios = (1.0,) * 4 + (0.5,) * 2
     config.dropout_rate = 0.5
     exp = build_experiment(config)
-    cfg, hparams = exp.round_config, exp.hparams
+    cfg, hparams = exp.spec, exp.hparams
 
     @jax.jit
     def clients(state, data):

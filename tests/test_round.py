@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from fedconv_jax.config import default_config, validate
+from fedconv_jax.core.sampling import sample_clients
 from fedconv_jax.experiment import build_experiment
 from fedconv_jax.metrics import CompileCounter, params_digest
-from fedconv_jax.round import make_round_fn
-from fedconv_jax.sampling import sample_clients
 
 
 def tiny_config(model="cnn"):
@@ -28,13 +27,13 @@ def tiny_config(model="cnn"):
 def test_round_compiles_once_and_is_deterministic():
     exp = build_experiment(tiny_config())
     counter = CompileCounter()
-    round_fn = jax.jit(make_round_fn(exp.round_config))  # no donation: the init state is reused
+    round_fn = jax.jit(exp.algorithm.round)  # no donation: the init state is reused
 
     def run(state, rounds):
         digests, metrics = [], None
         for _ in range(rounds):
             state, metrics = round_fn(state, exp.data, exp.hparams)
-            digests.append(params_digest(state))
+            digests.append(params_digest(exp.algorithm.digest(state)))
         return state, digests, metrics
 
     with counter.counting():
@@ -62,7 +61,8 @@ def test_new_hyper_parameters_reuse_the_compiled_round():
     new values run the same program (persistent cache off, so a new program would compile)."""
     exp = build_experiment(tiny_config())
     counter = CompileCounter()
-    round_fn = jax.jit(make_round_fn(exp.round_config))
+    round_fn = jax.jit(exp.algorithm.round)
+    digest = lambda state: params_digest(exp.algorithm.digest(state))  # noqa: E731
     scaled = {name: value * 2.0 for name, value in exp.hparams.items()}
     jax.config.update("jax_enable_compilation_cache", False)
     try:
@@ -71,11 +71,11 @@ def test_new_hyper_parameters_reuse_the_compiled_round():
             changed, _ = round_fn(exp.state, exp.data, scaled)
             for name in ("local_lr", "filter_lr", "aggregate_lr"):  # each one moves the model
                 alone, _ = round_fn(exp.state, exp.data, {**exp.hparams, name: scaled[name]})
-                assert params_digest(alone) != params_digest(base), name
+                assert digest(alone) != digest(base), name
     finally:
         jax.config.update("jax_enable_compilation_cache", True)
     assert counter.count == 1
-    assert params_digest(changed) != params_digest(base)
+    assert digest(changed) != digest(base)
 
 
 def _with_seed(config, seed):
@@ -100,7 +100,7 @@ def sampled_batchnorm_rounds():
         if expected[-1][:2].sum() != expected[0][:2].sum():
             break
     counter = CompileCounter()
-    round_fn = jax.jit(make_round_fn(exp.round_config))
+    round_fn = jax.jit(exp.algorithm.round)
     state, participating = exp.state, []
     with counter.counting():
         for _ in expected:

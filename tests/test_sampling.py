@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedconv_jax.sampling import SAMPLING_STREAM, sample_clients
+from fedconv_jax.core.sampling import sample_clients
+from fedconv_jax.core.streams import stream_key
 
 PRESENT = (jnp.array([True, True, True, False]), jnp.array([True, True]), jnp.array([True, False]))
 
@@ -12,7 +13,7 @@ PRESENT = (jnp.array([True, True, True, False]), jnp.array([True, True]), jnp.ar
 def _reference(key, round_index, present, k):
     """NumPy: the k present slots with the smallest uniform scores of the same draw."""
     flat = np.concatenate([np.asarray(p) for p in present])
-    draw_key = jax.random.fold_in(jax.random.fold_in(key, round_index), SAMPLING_STREAM)
+    draw_key = stream_key(key, round_index, "sampling")
     scores = np.asarray(jax.random.uniform(draw_key, flat.shape))
     order = [i for i in np.argsort(scores, kind="stable") if flat[i]][:k]
     out = np.zeros_like(flat)

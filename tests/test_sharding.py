@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedconv_jax.sharding import padded_capacity
+from fedconv_jax.core.sharding import padded_capacity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,7 @@ SCRIPT = textwrap.dedent(
     from fedconv_jax.config import default_config, validate
     from fedconv_jax.experiment import build_experiment
     from fedconv_jax.metrics import CompileCounter
-    from fedconv_jax.round import make_round_fn
-    from fedconv_jax.sharding import jit_round, make_client_mesh
+    from fedconv_jax.core.sharding import jit_round, make_client_mesh
 
     out = {}
     counter = CompileCounter()
@@ -46,20 +45,19 @@ SCRIPT = textwrap.dedent(
         c.client_parallelism, c.client_chunk, c.devices = "map", 1, devices
         validate(c)
         exp = build_experiment(c)
-        round_fn = jit_round(make_round_fn(exp.round_config), make_client_mesh(devices), exp.state, exp.data, exp.hparams)
+        round_fn = jit_round(exp.algorithm, make_client_mesh(devices), exp.state, exp.data, exp.hparams)
         state = exp.state
         with counter.counting():
             for _ in range(2):
                 state, metrics = round_fn(state, exp.data, exp.hparams)
         out[devices] = {
             "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.global_vars["params"])],
-            "capacity": list(exp.round_config.tier_capacity),
+            "capacity": list(exp.spec.tier_capacity),
             "shards": len(jax.tree.leaves(state.dilation[1])[0].sharding.device_set),
             "compiles": counter.count,
             "accuracy": float(metrics["global_accuracy"]),
         }
         counter.count = 0
-    from fedconv_jax.baselines import make_baseline_round_fn
     for algorithm in ("fedavg_full", "standalone"):  # the baselines shard their clients alike
         for devices in (1, 2):
             c = default_config()
@@ -67,12 +65,11 @@ SCRIPT = textwrap.dedent(
             c.local_epochs, c.devices = 1, devices
             validate(c)
             exp = build_experiment(c)
-            fn = make_baseline_round_fn(algorithm, exp.round_config)
-            state, _ = jit_round(fn, make_client_mesh(devices), exp.state, exp.data, exp.hparams)(exp.state, exp.data, exp.hparams)
+            state, _ = jit_round(exp.algorithm, make_client_mesh(devices), exp.state, exp.data, exp.hparams)(exp.state, exp.data, exp.hparams)
             trained = state.global_vars if algorithm == "fedavg_full" else state.client_vars[1]
             out[f"{algorithm}@{devices}"] = {
                 "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(trained)],
-                "capacity": list(exp.round_config.tier_capacity),
+                "capacity": list(exp.spec.tier_capacity),
                 "shards": len(jax.tree.leaves(trained)[0].sharding.device_set),
             }
     print("RESULT" + json.dumps(out))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedconv_jax.baselines import slicing
+from fedconv_jax.algorithms import slicing
 from fedconv_jax.models import make_model
 
 MODEL = make_model("cnn_bn", 10, (8, 8, 1), "im2col")  # BN so that every rule is exercised

@@ -3,10 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedconv_jax.client import local_train
-from fedconv_jax.data import load_digits
-from fedconv_jax.models import make_model
-from fedconv_jax.tuning import (
+from fedconv_jax.core.client import local_train
+from fedconv_jax.core.tuning import (
     IndexSet,
     TuningConfig,
     epoch_learning_rate,
@@ -14,6 +12,8 @@ from fedconv_jax.tuning import (
     make_optimizer,
     tune,
 )
+from fedconv_jax.data import load_digits
+from fedconv_jax.models import make_model
 
 
 @pytest.fixture(scope="module")

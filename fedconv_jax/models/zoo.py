@@ -5,9 +5,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from fedconv_jax.core.types import PRNGKey, Variables
 from fedconv_jax.models.cnn import CNN
 from fedconv_jax.models.layers import resolve_conv_impl
-from fedconv_jax.types import PRNGKey, Variables
 
 MODELS = ("cnn", "cnn_bn")
 

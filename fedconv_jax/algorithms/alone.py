@@ -16,8 +16,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.baselines.common import (
+from fedconv_jax.algorithms.common import (
     BaselineState,
+    baseline,
     client_keys,
     client_metrics,
     global_metrics,
@@ -27,15 +28,17 @@ from fedconv_jax.baselines.common import (
     train_tier,
     where_present,
 )
-from fedconv_jax.client import local_train
-from fedconv_jax.round import RoundConfig, RoundData
-from fedconv_jax.tuning import evaluate
-from fedconv_jax.types import PRNGKey
+from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
+from fedconv_jax.core.client import local_train
+from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.spec import RoundSpec
+from fedconv_jax.core.tuning import evaluate
+from fedconv_jax.core.types import PRNGKey
 
 _NO_MODEL = {"params": {}, "batch_stats": {}}
 
 
-def init_standalone_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
+def init_standalone_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
     k_model, k_round = split_init_keys(key)
     clients = []
     for t, ratio in enumerate(cfg.tier_ratios):
@@ -46,8 +49,8 @@ def init_standalone_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
     )
 
 
-def make_standalone_round_fn(cfg: RoundConfig) -> Callable:
-    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
+def make_standalone_round_fn(cfg: RoundSpec) -> Callable:
+    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
         key = phase_key(state, "clients")
         models, accuracy = [], []
         for t, ratio in enumerate(cfg.tier_ratios):
@@ -61,17 +64,17 @@ def make_standalone_round_fn(cfg: RoundConfig) -> Callable:
     return round_fn
 
 
-def init_serveralone_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
+def init_serveralone_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
     k_model, k_round = split_init_keys(key)
     return BaselineState(
         global_vars=cfg.model.init(k_model, 1.0), client_vars=(), round=jnp.zeros((), jnp.int32), key=k_round
     )
 
 
-def make_serveralone_round_fn(cfg: RoundConfig) -> Callable:
+def make_serveralone_round_fn(cfg: RoundSpec) -> Callable:
     apply_fn = functools.partial(cfg.model.apply, 1.0)
 
-    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
+    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
         new = local_train(
             apply_fn, state.global_vars, data.images, data.labels, server_set(data),
             phase_key(state, "server"), epochs=cfg.local_epochs,
@@ -87,3 +90,19 @@ def make_serveralone_round_fn(cfg: RoundConfig) -> Callable:
         return state.replace(global_vars=new, round=state.round + 1), metrics
 
     return round_fn
+
+
+@register("standalone")
+def standalone(spec: RoundSpec) -> FederatedAlgorithm:
+    return baseline(
+        "standalone", spec, functools.partial(init_standalone_state, spec), make_standalone_round_fn(spec),
+        lambda s: s, per_client=True, sends_model=False,
+    )
+
+
+@register("serveralone")
+def serveralone(spec: RoundSpec) -> FederatedAlgorithm:
+    return baseline(
+        "serveralone", spec, functools.partial(init_serveralone_state, spec), make_serveralone_round_fn(spec),
+        lambda s: None, sends_model=False,
+    )

@@ -1,137 +1,98 @@
-"""One FedConv round (SPEC §2) as one jitted program.
+"""FedConv's round (SPEC §2): its static spec, its state and its phases.
 
 Phases, in order: server pre-training (round 1 by default), compression tuning per SR tier,
 client training (vmapped or `lax.map`ped within each tier), dilation tuning (vmapped over each
 tier's clients), aggregation tuning, evaluation. Tiers are unrolled at trace time: clients of
 one SR share shapes, and each tier has a fixed capacity with a client mask, so rounds never
-recompile. Every phase is a pure function of (state, data, previous outputs); `make_phases`
-exposes them one by one so that a phase-separated run can time them.
+recompile. Every phase is a module-level pure function of (spec, state, data, hparams,
+previous outputs); `run_phases` chains them, for the fused round and for phase timing alike.
 """
 
 import dataclasses
 import functools
 import itertools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedconv_jax.aggregation import (
+from fedconv_jax.algorithms.fedconv.aggregation import (
     aggregate,
     init_aggregation_weights,
     kld_term,
-    weighted_average,
 )
-from fedconv_jax.client import local_train
-from fedconv_jax.compression import (
+from fedconv_jax.algorithms.fedconv.compression import (
     compress,
     compress_batch_stats,
     init_compression_filters,
 )
-from fedconv_jax.dilation import dilate, dilate_batch_stats, init_dilation_filters
-from fedconv_jax.filters import FilterConfig
-from fedconv_jax.models import ModelSpec
-from fedconv_jax.participation import (
+from fedconv_jax.algorithms.fedconv.dilation import (
+    dilate,
+    dilate_batch_stats,
+    init_dilation_filters,
+)
+from fedconv_jax.algorithms.fedconv.filters import FilterConfig
+from fedconv_jax.core.algorithm import HParams, PhaseCall
+from fedconv_jax.core.averaging import weighted_average
+from fedconv_jax.core.client import local_train
+from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.participation import (
     finite_mask,
     participation_mask,
     poison_uploads,
     select_clients,
 )
-from fedconv_jax.sampling import sample_clients
-from fedconv_jax.sharding import map_clients_over_devices
-from fedconv_jax.tuning import (
-    IndexSet,
+from fedconv_jax.core.sampling import sample_clients
+from fedconv_jax.core.sharding import map_clients_over_devices
+from fedconv_jax.core.spec import RoundSpec
+from fedconv_jax.core.streams import slot_keys, stream_key
+from fedconv_jax.core.tuning import (
     TuningConfig,
     evaluate,
     make_optimizer,
     refresh_batch_stats,
     tune,
 )
-from fedconv_jax.types import Metrics, Params, PRNGKey, Variables
+from fedconv_jax.core.types import Metrics, Params, PRNGKey, Variables
 
 AGGREGATIONS = ("learned", "mean")
-CLIENT_PARALLELISM = ("vmap", "map")
 PHASES = ("pretrain", "compress", "clients", "dilate", "aggregate", "evaluate")
-# The round's traced hyper-parameters, by config field name: {name: float32 scalar}.
-HPARAMS = ("local_lr", "pretrain_lr", "filter_lr", "filter_lr_min", "aggregate_lr", "kld_weight", "poison_scale")
-HParams = dict[str, jax.Array]
+# FedConv's own traced hyper-parameters (besides core.algorithm.SHARED_HPARAMS).
+FEDCONV_HPARAMS = ("filter_lr", "filter_lr_min", "aggregate_lr", "kld_weight")
 
 
-@dataclasses.dataclass(frozen=True)
-class RoundConfig:
-    """Everything static about a round (hashable; changing it means a new program).
-
-    Numeric hyper-parameters (learning rates, the KLD weight, the poison scale) are not
-    here: they are the round's `hparams` argument (see `HPARAMS`), traced, so a new value
-    reuses the compiled program and can be differentiated.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FedConvConfig:
+    """FedConv's own static settings.
 
     Attributes:
-      model: the model family; tier models are `model.build(ratio)`.
-      tier_ratios: the SR of each tier, e.g. (1.0, 0.75, 0.5).
-      tier_capacity: client slots per tier.
       filters: the compression/dilation filter module.
-      pretrain, compress, dilate, aggregate: the four server tuning loops.
+      compress, dilate, aggregate: the three server tuning loops of every round.
       pretrain_every_round: pre-train on D every round (reference code) instead of round 1.
-      local_epochs, local_batch_size: client training (Adam; its lr is a hyper-parameter).
       aggregation: "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging).
       aggregation_granularity: "layer" or "element" learned weights.
       aggregation_normalize: softmax-normalised weights (see aggregation.py) or raw Eq. 4.
       keep_best_global: the next global model is whichever of (previous global, new
         aggregate) has the lower cross-entropy on the held-out slice of D; guards small
         server sets against the drift of repeated tuning (README, "Model selection").
-      client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
-      devices: devices the client axis is sharded over (sharding.py); every tier capacity
-        must be a multiple of it.
-      clients_per_round: clients drawn per round (sampling.py); 0 = all.
-      eval_chunk: examples per evaluation chunk (bounds activation memory).
-      dropout_rate: fraction of the present clients dropped each round (participation.py).
     """
 
-    model: ModelSpec
-    tier_ratios: tuple[float, ...]
-    tier_capacity: tuple[int, ...]
     filters: FilterConfig = FilterConfig()
-    pretrain: TuningConfig = TuningConfig(epochs=5)
     compress: TuningConfig = TuningConfig(epochs=20)
     dilate: TuningConfig = TuningConfig(epochs=20)
     aggregate: TuningConfig = TuningConfig(epochs=20)
     pretrain_every_round: bool = False
-    local_epochs: int = 5
-    local_batch_size: int = 32
     aggregation: str = "learned"
     aggregation_granularity: str = "layer"
     aggregation_normalize: bool = True
     keep_best_global: bool = False
-    client_parallelism: str = "map"
-    client_chunk: int = 1
-    devices: int = 1
-    clients_per_round: int = 0
-    eval_chunk: int = 1024
-    dropout_rate: float = 0.0
-
-    @property
-    def num_clients(self) -> int:
-        return sum(self.tier_capacity)
 
 
-class RoundData(NamedTuple):
-    """Device-resident data: the whole data set once, every party as padded index lists.
-
-    Per-tier fields are tuples over tiers whose arrays lead with the tier's client axis.
-    """
-
-    images: jax.Array  # (N, H, W, C)
-    labels: jax.Array  # (N,)
-    server_train: IndexSet  # D minus the held-out slice: what tuning steps on
-    server_holdout: IndexSet  # held-out slice of D: model selection only
-    server_test: IndexSet  # global accuracy (reporting only)
-    client_train: tuple[IndexSet, ...]  # (capacity, n_train_pad) per tier
-    client_test: tuple[IndexSet, ...]  # (capacity, n_test_pad) per tier
-    client_mask: tuple[jax.Array, ...]  # (capacity,) bool: which slots take part
-    num_samples: tuple[jax.Array, ...]  # (capacity,) float32 training-set sizes n_j
-    poisoned: tuple[jax.Array, ...] = ()  # (capacity,) int32 attack codes (participation.py); ()=none
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FedConvSpec(RoundSpec, FedConvConfig):
+    """The shared round spec plus FedConv's own settings: what FedConv's phases read."""
 
 
 @struct.dataclass
@@ -150,11 +111,11 @@ class ServerState:
     key: PRNGKey
 
 
-def _sub_template(cfg: RoundConfig, ratio: float) -> Variables:
+def _sub_template(cfg: FedConvSpec, ratio: float) -> Variables:
     return jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), ratio))
 
 
-def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
+def init_server_state(cfg: FedConvSpec, key: PRNGKey) -> ServerState:
     """Global model, identity-initialised filters, unit aggregation weights, Adam states."""
     k_model, k_comp, k_dil, k_round = jax.random.split(key, 4)
     global_vars = cfg.model.init(k_model, 1.0)
@@ -167,7 +128,7 @@ def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
             continue
         sub = _sub_template(cfg, ratio)["params"]
         comp = init_compression_filters(jax.random.fold_in(k_comp, t), params, sub, cfg.filters)
-        dil_keys = jax.random.split(jax.random.fold_in(k_dil, t), capacity)
+        dil_keys = slot_keys(k_dil, t, capacity)
         dil = jax.vmap(lambda k: init_dilation_filters(k, params, sub, cfg.filters))(dil_keys)
         compression.append(comp)
         compression_opt.append(make_optimizer().init(comp))
@@ -191,18 +152,17 @@ def init_server_state(cfg: RoundConfig, key: PRNGKey) -> ServerState:
 
 
 def _phase_key(state: ServerState, phase: str) -> PRNGKey:
-    """Keys depend on (seed, round, phase) only, so fused and phase-separated runs agree."""
-    return jax.random.fold_in(jax.random.fold_in(state.key, state.round), PHASES.index(phase))
+    """Keys depend on (seed, round, stream) only, so fused and phase-separated runs agree."""
+    return stream_key(state.key, state.round, phase)
 
 
-def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, subs, trained):
+def _screen_uploads(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, subs, trained):
     """Poisoning, then who takes part: present, not dropped, and a finite upload.
 
     A non-finite upload is replaced by the model the client was sent, so that dilating it
     stays finite; it is masked out of dilation and aggregation like a dropped client.
     """
-    round_key = jax.random.fold_in(state.key, state.round)
-    key_part, key_poison = jax.random.split(jax.random.fold_in(round_key, len(PHASES)))
+    key_part, key_poison = _phase_key(state, "dropout"), _phase_key(state, "poison")
     base = jnp.concatenate(data.client_mask)
     present = participation_mask(key_part, base, cfg.dropout_rate)
     screened, finite = [], []
@@ -227,7 +187,7 @@ def _screen_uploads(cfg: RoundConfig, state: ServerState, data: RoundData, hpara
     return tuple(screened), metrics
 
 
-def _map_clients(cfg: RoundConfig, fn: Callable, shared, *xs):
+def _map_clients(cfg: FedConvSpec, fn: Callable, shared, *xs):
     return map_clients_over_devices(cfg.devices, cfg.client_parallelism, cfg.client_chunk, fn, shared, *xs)
 
 
@@ -236,15 +196,15 @@ def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:
     return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def _apply_at(cfg: RoundConfig, ratio: float) -> Callable:
+def _apply_at(cfg: FedConvSpec, ratio: float) -> Callable:
     return functools.partial(cfg.model.apply, ratio)
 
 
-def _logits_at(cfg: RoundConfig, ratio: float, variables: Variables) -> Callable:
+def _logits_at(cfg: FedConvSpec, ratio: float, variables: Variables) -> Callable:
     return lambda x: cfg.model.apply(ratio, variables, x)[0]
 
 
-def sample_phase(cfg: RoundConfig, state: ServerState, data: RoundData) -> RoundData:
+def sample_phase(cfg: FedConvSpec, state: ServerState, data: RoundData) -> RoundData:
     """This round's participants: `clients_per_round` of the present clients (or all).
 
     Returns `data` with `client_mask` set to the drawn clients (per tier, (capacity,) bool).
@@ -253,7 +213,7 @@ def sample_phase(cfg: RoundConfig, state: ServerState, data: RoundData) -> Round
     return data._replace(client_mask=mask)
 
 
-def pretrain_phase(cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams) -> ServerState:
+def pretrain_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams) -> ServerState:
     """Pre-trains the global model on D (round 1 only, unless `pretrain_every_round`).
 
     Returns the state with new `global_vars` (BatchNorm statistics re-estimated on D) and
@@ -283,7 +243,7 @@ def pretrain_phase(cfg: RoundConfig, state: ServerState, data: RoundData, hparam
     return state.replace(global_vars=new_vars, pretrain_opt=opt)
 
 
-def compress_phase(cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams):
+def compress_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams):
     """Tunes each SR tier's compression filters on D (Eq. 1) and generates its sub-model.
 
     Returns:
@@ -323,7 +283,7 @@ def compress_phase(cfg: RoundConfig, state: ServerState, data: RoundData, hparam
 
 
 def clients_phase(
-    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, subs: tuple[Variables, ...]
+    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, subs: tuple[Variables, ...]
 ):
     """Every client trains the sub-model of its tier on its own data, then the uploads are
     screened (poisoning, dropout, non-finite uploads).
@@ -335,7 +295,7 @@ def clients_phase(
     key = _phase_key(state, "clients")
     trained, accuracy, test_counts = [], [], []
     for t, ratio in enumerate(cfg.tier_ratios):
-        keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
+        keys = slot_keys(key, t, cfg.tier_capacity[t])
 
         def one_client(shared, train_set, test_set, k, ratio=ratio):
             sub, images, labels, lr = shared
@@ -357,7 +317,7 @@ def clients_phase(
 
 
 def dilate_phase(
-    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, trained: tuple[Variables, ...]
+    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, trained: tuple[Variables, ...]
 ):
     """Tunes each participating client's dilation filters on D (Eq. 3) and dilates its upload
     back to the global shapes.
@@ -375,7 +335,7 @@ def dilate_phase(
             filters.append({})
             opts.append({})
             continue
-        keys = jax.random.split(jax.random.fold_in(key, t), cfg.tier_capacity[t])
+        keys = slot_keys(key, t, cfg.tier_capacity[t])
 
         def one_client(shared, client_vars, f, opt, k):
             global_stats, images, labels, server_train, server_holdout, lr, lr_min = shared
@@ -409,7 +369,7 @@ def dilate_phase(
 
 
 def aggregate_phase(
-    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, dilated: tuple[Variables, ...]
+    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, dilated: tuple[Variables, ...]
 ):
     """Aggregates the dilated models into the next global model: learned weights tuned on D
     (Eq. 4/5) or plain sample-weighted averaging; BatchNorm statistics re-estimated on D.
@@ -471,16 +431,12 @@ def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask)
     return result.params, result.opt_state, metrics
 
 
-def evaluate_phase(cfg: RoundConfig, state: ServerState, data: RoundData) -> Metrics:
+def evaluate_phase(cfg: FedConvSpec, state: ServerState, data: RoundData) -> Metrics:
     """Global accuracy and loss of the global model on the server test set."""
     acc, loss = evaluate(
         _logits_at(cfg, 1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
     )
     return {"global_accuracy": acc, "global_loss": loss}
-
-
-# call(name, fn, *args) -> fn(*args): how `run_phases` runs each phase (timing hooks here).
-PhaseCall = Callable[..., Any]
 
 
 def _scoped_call(name: str, fn: Callable, *args):
@@ -489,7 +445,7 @@ def _scoped_call(name: str, fn: Callable, *args):
 
 
 def run_phases(
-    cfg: RoundConfig, state: ServerState, data: RoundData, hparams: HParams, call: PhaseCall = _scoped_call
+    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, call: PhaseCall = _scoped_call
 ):
     """Chains the phases into one round: (state, data, hparams) -> (next state, metrics).
 
@@ -511,20 +467,12 @@ def run_phases(
     return state.replace(round=state.round + 1), metrics
 
 
-def make_round_fn(cfg: RoundConfig) -> Callable[[ServerState, RoundData, HParams], tuple[ServerState, Metrics]]:
-    """The whole round as one pure function of (state, data, hparams); jit it once (with the
-    state donated)."""
-    return functools.partial(run_phases, cfg)
-
-
 __all__ = [
     "AGGREGATIONS",
-    "CLIENT_PARALLELISM",
-    "HPARAMS",
+    "FEDCONV_HPARAMS",
     "PHASES",
-    "HParams",
-    "RoundConfig",
-    "RoundData",
+    "FedConvConfig",
+    "FedConvSpec",
     "ServerState",
     "aggregate_phase",
     "clients_phase",
@@ -532,7 +480,6 @@ __all__ = [
     "dilate_phase",
     "evaluate_phase",
     "init_server_state",
-    "make_round_fn",
     "pretrain_phase",
     "run_phases",
     "sample_phase",

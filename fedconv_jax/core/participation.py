@@ -11,7 +11,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.types import Params, PRNGKey
+from fedconv_jax.core.types import Params, PRNGKey
 
 POISON_MODES = ("sign_flip", "noise")
 

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedconv_jax.tuning import IndexSet, masked_cross_entropy, shuffled_batches
-from fedconv_jax.types import PRNGKey, Variables
+from fedconv_jax.core.data import IndexSet
+from fedconv_jax.core.tuning import masked_cross_entropy, shuffled_batches
+from fedconv_jax.core.types import PRNGKey, Variables
 
 # apply_fn(variables, images, train) -> (logits, batch_stats)
 ApplyFn = Callable[[Variables, jax.Array, bool], tuple[jax.Array, dict]]

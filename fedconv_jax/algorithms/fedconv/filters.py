@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedconv_jax.types import Params, PRNGKey
+from fedconv_jax.core.types import Params, PRNGKey
 
 PRE_PROJECTIONS = ("paper", "affine")
 RESIDUALS = ("all", "conv", "none")

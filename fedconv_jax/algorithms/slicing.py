@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.types import Params, PRNGKey, Variables
+from fedconv_jax.core.types import Params, PRNGKey, Variables
 
 # Per leaf, one entry per axis: None (kept whole), ("unit", u) or ("flat", u, pixels).
 AxisRule = tuple | None

@@ -11,29 +11,34 @@ SR 1 clients always train the whole model. The index vectors are computed inside
 compiled round from `state.round` and keys, so the rolling and random variants never recompile.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.baselines import slicing
-from fedconv_jax.baselines.common import (
+from fedconv_jax.algorithms import slicing
+from fedconv_jax.algorithms.common import (
     BaselineState,
+    baseline,
     client_keys,
     client_metrics,
     global_metrics,
     phase_key,
     pretrain_on_server,
+    pretrain_option,
     split_init_keys,
     train_tier,
 )
-from fedconv_jax.round import RoundConfig, RoundData
-from fedconv_jax.types import PRNGKey
+from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
+from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.spec import RoundSpec
+from fedconv_jax.core.types import PRNGKey
 
 POLICIES = {"heterofl": "nested", "fedrolex": "rolling", "feddropout": "random"}
 
 
-def init_slice_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
+def init_slice_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
     k_model, k_round = split_init_keys(key)
     return BaselineState(
         global_vars=cfg.model.init(k_model, 1.0), client_vars=(), round=jnp.zeros((), jnp.int32), key=k_round
@@ -41,7 +46,7 @@ def init_slice_state(cfg: RoundConfig, key: PRNGKey) -> BaselineState:
 
 
 def tier_indices(
-    cfg: RoundConfig, policy: str, state: BaselineState, tier: int
+    cfg: RoundSpec, policy: str, state: BaselineState, tier: int
 ) -> tuple[jax.Array, ...]:
     """Per unit, the (capacity, k_u) channel indices of a tier's clients this round."""
     full = jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0))
@@ -57,11 +62,11 @@ def tier_indices(
     raise ValueError(f"slice policy={policy!r} is not known; allowed: nested, rolling, random")
 
 
-def make_slice_round_fn(cfg: RoundConfig, algorithm: str, pretrain: bool = False) -> Callable:
+def make_slice_round_fn(cfg: RoundSpec, algorithm: str, pretrain: bool = False) -> Callable:
     policy = POLICIES[algorithm]
     rules = slicing.channel_rules(jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0)))
 
-    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
+    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
         state = state.replace(global_vars=pretrain_on_server(cfg, 1.0, state, data, hparams, pretrain))
         key = phase_key(state, "clients")
         tiers, accuracy = [], []
@@ -76,3 +81,14 @@ def make_slice_round_fn(cfg: RoundConfig, algorithm: str, pretrain: bool = False
         return state.replace(global_vars=new, round=state.round + 1), metrics
 
     return round_fn
+
+
+def _slices(algorithm: str, spec: RoundSpec, pretrain: bool = False) -> FederatedAlgorithm:
+    return baseline(
+        algorithm, spec, functools.partial(init_slice_state, spec), make_slice_round_fn(spec, algorithm, pretrain),
+        lambda s: s,
+    )
+
+
+for _name in POLICIES:
+    register(_name, options=pretrain_option)(functools.partial(_slices, _name))

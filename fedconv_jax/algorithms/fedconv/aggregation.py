@@ -16,7 +16,8 @@ a convex combination that also equals sample-weighted averaging at u = 0.
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.types import Params
+from fedconv_jax.core.averaging import sample_factors
+from fedconv_jax.core.types import Params
 
 GRANULARITIES = ("layer", "element")
 
@@ -34,12 +35,6 @@ def init_aggregation_weights(
     shape = (lambda x: (num_clients,)) if granularity == "layer" else (lambda x: (num_clients, *x.shape))
     fill = 0.0 if normalize else 1.0
     return jax.tree.map(lambda x: jnp.full(shape(x), fill, jnp.float32), params)
-
-
-def sample_factors(num_samples: jax.Array, mask: jax.Array) -> jax.Array:
-    """n_j / sum_j n_j over the present clients; absent clients get 0."""
-    n = jnp.where(mask, num_samples, 0.0)
-    return n / jnp.maximum(jnp.sum(n), 1e-12)
 
 
 def aggregate(
@@ -63,12 +58,6 @@ def aggregate(
         return jnp.sum(coeff * x, axis=0)
 
     return jax.tree.map(one_tensor, stacked, weights)
-
-
-def weighted_average(stacked: Params, num_samples: jax.Array, mask: jax.Array) -> Params:
-    """Plain sample-weighted averaging (FedAvg's rule; also used for BatchNorm statistics)."""
-    factors = sample_factors(num_samples, mask)
-    return jax.tree.map(lambda x: jnp.tensordot(factors, x, axes=1), stacked)
 
 
 def kld_term(previous_global: Params, aggregated: Params) -> jax.Array:

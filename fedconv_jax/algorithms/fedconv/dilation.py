@@ -2,8 +2,12 @@
 
 import jax
 
-from fedconv_jax.filters import FilterConfig, apply_filters, init_filters
-from fedconv_jax.types import Params, PRNGKey
+from fedconv_jax.algorithms.fedconv.filters import (
+    FilterConfig,
+    apply_filters,
+    init_filters,
+)
+from fedconv_jax.core.types import Params, PRNGKey
 
 
 def init_dilation_filters(

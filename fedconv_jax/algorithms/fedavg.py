@@ -5,35 +5,40 @@ the largest model every client can afford). `fedavg_full`: every client trains t
 ignoring resource limits (an upper reference). Sample-weighted averaging, n_j / sum n.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.aggregation import weighted_average
-from fedconv_jax.baselines.common import (
+from fedconv_jax.algorithms.common import (
     BaselineState,
+    baseline,
     broadcast_clients,
     client_keys,
     client_metrics,
     global_metrics,
     phase_key,
     pretrain_on_server,
+    pretrain_option,
     split_init_keys,
     train_tier,
 )
-from fedconv_jax.round import RoundConfig, RoundData
-from fedconv_jax.types import PRNGKey
+from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
+from fedconv_jax.core.averaging import weighted_average
+from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.spec import RoundSpec
+from fedconv_jax.core.types import PRNGKey
 
 
-def fedavg_ratio(cfg: RoundConfig, variant: str) -> float:
+def fedavg_ratio(cfg: RoundSpec, variant: str) -> float:
     """The one width everybody trains: "small" -> min SR present, "full" -> 1."""
     if variant not in ("small", "full"):
         raise ValueError(f"fedavg variant={variant!r} is not known; allowed: small, full")
     return min(cfg.tier_ratios) if variant == "small" else 1.0
 
 
-def init_fedavg_state(cfg: RoundConfig, key: PRNGKey, variant: str) -> BaselineState:
+def init_fedavg_state(cfg: RoundSpec, key: PRNGKey, variant: str) -> BaselineState:
     k_model, k_round = split_init_keys(key)
     return BaselineState(
         global_vars=cfg.model.init(k_model, fedavg_ratio(cfg, variant)),
@@ -43,10 +48,10 @@ def init_fedavg_state(cfg: RoundConfig, key: PRNGKey, variant: str) -> BaselineS
     )
 
 
-def make_fedavg_round_fn(cfg: RoundConfig, variant: str, pretrain: bool = False) -> Callable:
+def make_fedavg_round_fn(cfg: RoundSpec, variant: str, pretrain: bool = False) -> Callable:
     ratio = fedavg_ratio(cfg, variant)
 
-    def round_fn(state: BaselineState, data: RoundData, hparams: dict):
+    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
         state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, hparams, pretrain))
         key = phase_key(state, "clients")
         trained, accuracy = [], []
@@ -61,3 +66,15 @@ def make_fedavg_round_fn(cfg: RoundConfig, variant: str, pretrain: bool = False)
         return state.replace(global_vars=new, round=state.round + 1), metrics
 
     return round_fn
+
+
+def _fedavg(variant: str, spec: RoundSpec, pretrain: bool = False) -> FederatedAlgorithm:
+    ratio = fedavg_ratio(spec, variant)
+    return baseline(
+        f"fedavg_{variant}", spec, functools.partial(init_fedavg_state, spec, variant=variant),
+        make_fedavg_round_fn(spec, variant, pretrain), lambda s: ratio,
+    )
+
+
+register("fedavg_small", options=pretrain_option)(functools.partial(_fedavg, "small"))
+register("fedavg_full", options=pretrain_option)(functools.partial(_fedavg, "full"))

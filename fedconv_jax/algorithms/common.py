@@ -1,30 +1,26 @@
 """What every baseline round shares: its state, keys, tier training and the metrics it reports.
 
-Baselines run on the same `RoundConfig`, `RoundData` and tier layout as FedConv (tiers unrolled
+Baselines run on the same `RoundSpec`, `RoundData` and tier layout as FedConv (tiers unrolled
 at trace time, each tier's clients vmapped or `lax.map`ped, the client axis sharded over
 `devices` as FedConv's is), and report the same metric keys,
 so `metrics.round_row`, the run loop and the comparison runner treat every algorithm alike.
 """
 
 import functools
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedconv_jax.client import local_train
-from fedconv_jax.round import RoundConfig, RoundData
-from fedconv_jax.sharding import map_clients_over_devices
-from fedconv_jax.tuning import (
-    IndexSet,
-    evaluate,
-    make_optimizer,
-    refresh_batch_stats,
-    tune,
-)
-from fedconv_jax.types import Metrics, PRNGKey, Variables
-
-PHASES = ("clients", "slices", "server")
+from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams
+from fedconv_jax.core.client import local_train
+from fedconv_jax.core.data import IndexSet, RoundData
+from fedconv_jax.core.sharding import map_clients_over_devices
+from fedconv_jax.core.spec import RoundSpec
+from fedconv_jax.core.streams import slot_keys, stream_key
+from fedconv_jax.core.tuning import evaluate, make_optimizer, refresh_batch_stats, tune
+from fedconv_jax.core.types import Metrics, PRNGKey, Variables
 
 
 @struct.dataclass
@@ -41,13 +37,47 @@ class BaselineState:
       client_vars: standalone only: per tier, the clients' own models stacked over the
         tier's slots; () for every other baseline.
       round: int32, 0-based index of the next round.
-      key: the run's key; per-round keys are fold_in(fold_in(key, round), phase).
+      key: the run's key; per-round keys come from named streams (core.streams).
     """
 
     global_vars: Variables
     client_vars: tuple[Variables, ...]
     round: jax.Array
     key: PRNGKey
+
+
+def pretrain_option(config: Mapping) -> dict:
+    """The `pretrain` option of the baselines that have a global model (config.baseline_pretrain)."""
+    return {"pretrain": config["baseline_pretrain"]}
+
+
+def baseline(
+    name: str,
+    spec: RoundSpec,
+    init: Callable[[PRNGKey], BaselineState],
+    round_fn: Callable,
+    trained_ratio: Callable[[float], float | None],
+    *,
+    per_client: bool = False,
+    sends_model: bool = True,
+) -> FederatedAlgorithm:
+    """A baseline as a `FederatedAlgorithm` over `BaselineState`.
+
+    Args:
+      per_client: `client_vars` holds the clients' own models, stacked over slots (laid out
+        along the mesh's client axis).
+    """
+    return FederatedAlgorithm(
+        name=name,
+        spec=spec,
+        init=init,
+        round=round_fn,
+        per_client_fields=("client_vars",) if per_client else (),
+        trained_ratio=trained_ratio,
+        # standalone has no global model: the digest covers the clients' own models too
+        digest=lambda state: (state.global_vars["params"], state.client_vars),
+        sends_model=sends_model,
+    )
 
 
 def split_init_keys(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
@@ -58,15 +88,16 @@ def split_init_keys(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
     return k_model, k_round
 
 
-def phase_key(state: BaselineState, phase: str) -> PRNGKey:
-    return jax.random.fold_in(jax.random.fold_in(state.key, state.round), PHASES.index(phase))
+def phase_key(state: BaselineState, stream: str) -> PRNGKey:
+    """The round's key of a named stream: "clients" (the clients' data order, shared with
+    FedConv's clients), "pretrain" (pre-training on D, shared with FedConv), "slices", "server" (serveralone)."""
+    return stream_key(state.key, state.round, stream)
 
 
-def client_keys(key: PRNGKey, cfg: RoundConfig, tier: int) -> jax.Array:
-    """One key per client slot of a tier, folded from (tier, slot): padding an earlier tier's
-    capacity up to a multiple of the device count leaves every real client's key as it was."""
-    tier_key = jax.random.fold_in(key, tier)
-    return jax.vmap(lambda s: jax.random.fold_in(tier_key, s))(jnp.arange(cfg.tier_capacity[tier]))
+def client_keys(key: PRNGKey, cfg: RoundSpec, tier: int) -> jax.Array:
+    """One key per client slot of a tier, folded from (tier, slot) as FedConv's are: padding a
+    tier's capacity up to a multiple of the device count leaves every real client's key as it was."""
+    return slot_keys(key, tier, cfg.tier_capacity[tier])
 
 
 def broadcast_clients(variables: Variables, capacity: int) -> Variables:
@@ -74,7 +105,7 @@ def broadcast_clients(variables: Variables, capacity: int) -> Variables:
 
 
 def train_tier(
-    cfg: RoundConfig, ratio: float, start: Variables, data: RoundData, tier: int, keys: jax.Array, lr: jax.Array
+    cfg: RoundSpec, ratio: float, start: Variables, data: RoundData, tier: int, keys: jax.Array, lr: jax.Array
 ) -> tuple[Variables, jax.Array]:
     """Local training of one tier's clients from `start` (stacked over slots), then each
     trained model's accuracy on its client's own test split.
@@ -105,7 +136,7 @@ def client_metrics(data: RoundData, accuracy: list[jax.Array]) -> Metrics:
     return {"client_accuracy": tuple(accuracy), "client_test_count": counts}
 
 
-def global_metrics(cfg: RoundConfig, ratio: float, variables: Variables, data: RoundData) -> Metrics:
+def global_metrics(cfg: RoundSpec, ratio: float, variables: Variables, data: RoundData) -> Metrics:
     acc, loss = evaluate(
         lambda x: cfg.model.apply(ratio, variables, x)[0], data.images, data.labels,
         data.server_test, cfg.eval_chunk,
@@ -129,7 +160,7 @@ def server_set(data: RoundData) -> IndexSet:
 
 
 def pretrain_on_server(
-    cfg: RoundConfig, ratio: float, state: BaselineState, data: RoundData, hparams: dict, enabled: bool
+    cfg: RoundSpec, ratio: float, state: BaselineState, data: RoundData, hparams: HParams, enabled: bool
 ) -> Variables:
     """Round 1 only: the global model pre-trained on D exactly as FedConv's is (`cfg.pretrain`,
     held-out selection), when `enabled`; otherwise the global model unchanged.
@@ -146,7 +177,7 @@ def pretrain_on_server(
         result = tune(
             lambda p, x: apply_fn({"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
             gv["params"], make_optimizer().init(gv["params"]), data.images, data.labels,
-            data.server_train, data.server_holdout, phase_key(state, "server"), cfg.pretrain,
+            data.server_train, data.server_holdout, phase_key(state, "pretrain"), cfg.pretrain,
             lr=hparams["pretrain_lr"],
         )
         return refresh_batch_stats(

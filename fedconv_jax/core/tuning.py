@@ -16,18 +16,12 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from fedconv_jax.types import Params, PRNGKey
+from fedconv_jax.core.data import IndexSet
+from fedconv_jax.core.types import Params, PRNGKey
 
 # logits_fn(trainable, images) -> logits; regularizer(trainable) -> scalar added to the loss
 LogitsFn = Callable[[Params, jax.Array], jax.Array]
 Regularizer = Callable[[Params], jax.Array]
-
-
-class IndexSet(NamedTuple):
-    """A padded list of example indices into the device-resident data set."""
-
-    idx: jax.Array  # (n_pad,) int32
-    mask: jax.Array  # (n_pad,) bool
 
 
 @dataclasses.dataclass(frozen=True)

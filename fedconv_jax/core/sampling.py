@@ -8,9 +8,8 @@ of clients share one compiled program (fedjax's "padding plus masks").
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.types import PRNGKey
-
-SAMPLING_STREAM = 1_000  # fold_in tag: disjoint from the phase indices of round.PHASES
+from fedconv_jax.core.streams import stream_key
+from fedconv_jax.core.types import PRNGKey
 
 
 def sample_clients(key: PRNGKey, round_index: jax.Array, present: tuple[jax.Array, ...], clients_per_round: int):
@@ -28,7 +27,7 @@ def sample_clients(key: PRNGKey, round_index: jax.Array, present: tuple[jax.Arra
     if clients_per_round == 0:
         return present
     flat = jnp.concatenate(present)
-    key = jax.random.fold_in(jax.random.fold_in(key, round_index), SAMPLING_STREAM)
+    key = stream_key(key, round_index, "sampling")
     scores = jnp.where(flat, jax.random.uniform(key, flat.shape), jnp.inf)
     rank = jnp.argsort(jnp.argsort(scores))  # 0 = smallest score
     drawn = flat & (rank < clients_per_round)
@@ -37,4 +36,4 @@ def sample_clients(key: PRNGKey, round_index: jax.Array, present: tuple[jax.Arra
     return tuple(drawn[o : o + n] for o, n in zip(offsets, splits))
 
 
-__all__ = ["SAMPLING_STREAM", "sample_clients"]
+__all__ = ["sample_clients"]

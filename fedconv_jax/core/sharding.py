@@ -21,12 +21,10 @@ from collections.abc import Callable
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from fedconv_jax.client import map_clients
+from fedconv_jax.core.algorithm import FederatedAlgorithm
+from fedconv_jax.core.client import map_clients
 
 AXIS = "clients"
-# State fields stacked over client slots (FedConv's ServerState, the baselines' BaselineState);
-# every other field is replicated.
-PER_CLIENT_FIELDS = ("dilation", "dilation_opt", "agg_weights", "agg_opt", "client_vars")
 
 
 def request_cpu_devices(count: int) -> None:
@@ -117,30 +115,23 @@ def data_shardings(mesh, data):
     )
 
 
-def state_shardings(mesh, state):
-    """The fields in `PER_CLIENT_FIELDS` along "clients" (dilation filters, aggregation
-    weights, their optimizer states, standalone clients' models); the rest replicated."""
+def state_shardings(mesh, state, per_client_fields: tuple[str, ...]):
+    """The state fields stacked over client slots (the algorithm's `per_client_fields`:
+    FedConv's dilation filters and aggregation weights, standalone clients' models) along
+    "clients"; the rest replicated."""
     return state.replace(**{
-        f.name: (_client_axis if f.name in PER_CLIENT_FIELDS else replicated)(mesh, getattr(state, f.name))
+        f.name: (_client_axis if f.name in per_client_fields else replicated)(mesh, getattr(state, f.name))
         for f in dataclasses.fields(state)
     })
 
 
-def shard_round_inputs(mesh, state, data):
-    """Places the state and the data on the mesh (once, before the first round)."""
-    return (
-        jax.device_put(state, state_shardings(mesh, state)),
-        jax.device_put(data, data_shardings(mesh, data)),
-    )
-
-
-def jit_round(round_fn, mesh, state, data, hparams, donate: bool = True):
-    """jit of `round_fn(state, data, hparams)` with the state's layout pinned on the way out,
-    so round r+1 reuses round r's program; the hyper-parameters are replicated."""
-    shardings = state_shardings(mesh, state)
-    metrics = jax.eval_shape(round_fn, state, data, hparams)[1]
+def jit_round(algorithm: FederatedAlgorithm, mesh, state, data, hparams, donate: bool = True):
+    """jit of `algorithm.round(state, data, hparams)` with the state's layout pinned on the
+    way out, so round r+1 reuses round r's program; the hyper-parameters are replicated."""
+    shardings = state_shardings(mesh, state, algorithm.per_client_fields)
+    metrics = jax.eval_shape(algorithm.round, state, data, hparams)[1]
     return jax.jit(
-        round_fn,
+        algorithm.round,
         in_shardings=(shardings, data_shardings(mesh, data), replicated(mesh, hparams)),
         out_shardings=(shardings, replicated(mesh, metrics)),
         donate_argnums=(0,) if donate else (),
@@ -157,6 +148,5 @@ __all__ = [
     "padded_capacity",
     "replicated",
     "request_cpu_devices",
-    "shard_round_inputs",
     "state_shardings",
 ]
