@@ -237,10 +237,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 "shrink_ratios", ratio, f"an SR whose sub-model has no zero-width layer (>= {1 / narrowest:g})"
             )
-    if config.algorithm != "fedconv":  # the baselines' rounds have no sampling or screening yet
-        for field, idle in (("clients_per_round", 0), ("dropout_rate", 0.0), ("poisoned_clients", 0)):
-            if config[field] != idle:
-                raise ConfigError(field, config[field], f"{idle} with algorithm={config.algorithm} (fedconv only)")
 
 
 def data_seed(config: ml_collections.ConfigDict) -> int:
@@ -271,7 +267,5 @@ def make_round_spec(
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
         devices=config.devices,
-        clients_per_round=config.clients_per_round,
         eval_chunk=config.eval_chunk,
-        dropout_rate=config.dropout_rate,
     )

@@ -1,8 +1,8 @@
 """Every registered algorithm through the same protocol checks, then each baseline's own.
 
 Each algorithm runs the tiny config (4 clients, SR 1, 1, 0.5, 0.5) once, in one compiled
-program per algorithm: two rounds, a round with other hyper-parameter values and a round
-with other client sample counts must all reuse it.
+program per algorithm: a second round, rounds with other hyper-parameter values, other
+client sample counts, client sampling, dropout and a poisoned client must all reuse it.
 """
 
 import jax
@@ -15,6 +15,7 @@ from fedconv_jax.algorithms.common import pretrain_on_server
 from fedconv_jax.checkpointing import Checkpointer, find_latest
 from fedconv_jax.config import ALGORITHMS
 from fedconv_jax.core.algorithm import algorithm_entry
+from fedconv_jax.core.participation import attack_code
 from fedconv_jax.core.tuning import evaluate
 from fedconv_jax.experiment import build_experiment
 from fedconv_jax.metrics import CompileCounter, params_digest
@@ -49,18 +50,34 @@ def _run(algorithm):
     round_fn = jax.jit(exp.algorithm.round)
     digest = lambda state: params_digest(exp.algorithm.digest(state))  # noqa: E731
     state, digests, metrics = exp.state, [], []
+    # Inputs prepared before counting: eager ops compile too.
     doubled = {name: value * 2 for name, value in exp.hparams.items()}
-    fewer = _fewer_samples(exp.data)  # (eager ops compile too: prepared before counting)
+    fewer = _fewer_samples(exp.data)
+    sampled = {**exp.hparams, "clients_per_round": exp.hparams["clients_per_round"] + 2}
+    dropout = {**exp.hparams, "dropout_rate": exp.hparams["dropout_rate"] + 0.5}
+    flip = attack_code("sign_flip")  # the last slot of the SR 0.5 tier attacks
+    attacked = exp.data._replace(poisoned=_same_layout((jnp.array([0, 0]), jnp.array([0, flip])), exp.data.poisoned))
+    # The first call compiles (or finds the program another test of this process compiled);
+    # nothing after it may compile.
+    state, m = round_fn(state, exp.data, exp.hparams)
+    digests.append(digest(state))
+    metrics.append(jax.device_get(m))
     with counter.counting():
-        for _ in range(2):
-            state, m = round_fn(state, exp.data, exp.hparams)
-            digests.append(digest(state))
-            metrics.append(jax.device_get(m))
+        state, m = round_fn(state, exp.data, exp.hparams)
+        digests.append(digest(state))
+        metrics.append(jax.device_get(m))
         other_hparams = digest(round_fn(exp.state, exp.data, doubled)[0])
         other_counts = digest(round_fn(exp.state, fewer, exp.hparams)[0])
+        participation = {
+            "sampled": jax.device_get(round_fn(exp.state, exp.data, sampled)[1]),
+            "dropout": jax.device_get(round_fn(exp.state, exp.data, dropout)[1]),
+        }
+        poisoned_state, poisoned_metrics = round_fn(exp.state, attacked, exp.hparams)
+        participation["poisoned"] = (digest(poisoned_state), jax.device_get(poisoned_metrics))
     return {
         "exp": exp, "state": state, "digests": digests, "metrics": metrics, "compiles": counter.count,
         "round_fn": round_fn, "other_hparams": other_hparams, "other_counts": other_counts,
+        "participation": participation,
     }
 
 
@@ -72,7 +89,7 @@ def runs():
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_one_program_across_rounds_hyper_parameters_and_sample_counts(runs, algorithm):
     run = runs[algorithm]
-    assert run["compiles"] == 1
+    assert run["compiles"] == 0  # after round 1's program
     assert int(run["state"].round) == 2
     assert run["digests"][0] != run["digests"][1]  # the model moves every round
     if run["exp"].algorithm.trained_ratio(1.0) is not None:  # clients train (not serveralone)
@@ -80,6 +97,23 @@ def test_one_program_across_rounds_hyper_parameters_and_sample_counts(runs, algo
     if "local_lr" in algorithm_entry(algorithm).hparams:
         assert run["other_hparams"] != run["digests"][0]  # the new values reached the round
     assert set(run["exp"].hparams) == set(algorithm_entry(algorithm).hparams)
+
+
+CLIENT_ALGORITHMS = tuple(a for a in ALGORITHMS if a != "serveralone")  # serveralone has no clients
+
+
+@pytest.mark.parametrize("algorithm", CLIENT_ALGORITHMS)
+def test_sampling_dropout_and_poisoning_in_the_same_program(runs, algorithm):
+    """Every algorithm runs the shared upload screen; all of it is round input, not structure."""
+    run = runs[algorithm]
+    sampled, dropout = run["participation"]["sampled"], run["participation"]["dropout"]
+    assert sum(int(np.sum(p)) for p in sampled["participating"]) == 2  # clients_per_round = 2
+    assert int(dropout["dropped_clients"]) == 2  # floor(0.5 * 4)
+    assert sum(int(np.sum(p)) for p in dropout["participating"]) == 2
+    poisoned_digest, poisoned = run["participation"]["poisoned"]
+    assert int(poisoned["excluded_clients"]) == 0  # a finite attack passes the screen ...
+    assert poisoned_digest != run["digests"][0]  # ... and changes the result
+    assert np.isfinite(float(poisoned["global_loss"])) or algorithm == "standalone"
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -1,5 +1,7 @@
 """The whole round as one compiled program: compiles once, deterministic, carries BN state."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,10 +38,12 @@ def test_round_compiles_once_and_is_deterministic():
             digests.append(params_digest(exp.algorithm.digest(state)))
         return state, digests, metrics
 
+    state, first, metrics = run(exp.state, 1)  # compiles (unless this process already did)
     with counter.counting():
-        state, first, metrics = run(exp.state, 3)
+        state, later, metrics = run(state, 2)
         _, second, _ = run(exp.state, 3)
-    assert counter.count == 1
+    first += later
+    assert counter.count == 0  # nothing compiles after round 1
     assert first == second
     assert len(set(first)) == 3  # the model changes every round
     assert int(state.round) == 3
@@ -66,15 +70,15 @@ def test_new_hyper_parameters_reuse_the_compiled_round():
     scaled = {name: value * 2.0 for name, value in exp.hparams.items()}
     jax.config.update("jax_enable_compilation_cache", False)
     try:
+        base, _ = round_fn(exp.state, exp.data, exp.hparams)  # compiles, unless this process already did
         with counter.counting():
-            base, _ = round_fn(exp.state, exp.data, exp.hparams)
             changed, _ = round_fn(exp.state, exp.data, scaled)
             for name in ("local_lr", "filter_lr", "aggregate_lr"):  # each one moves the model
                 alone, _ = round_fn(exp.state, exp.data, {**exp.hparams, name: scaled[name]})
                 assert digest(alone) != digest(base), name
     finally:
         jax.config.update("jax_enable_compilation_cache", True)
-    assert counter.count == 1
+    assert counter.count == 0
     assert digest(changed) != digest(base)
 
 
@@ -102,10 +106,10 @@ def sampled_batchnorm_rounds():
     counter = CompileCounter()
     round_fn = jax.jit(exp.algorithm.round)
     state, participating = exp.state, []
-    with counter.counting():
-        for _ in expected:
+    for r, _ in enumerate(expected):
+        with counter.counting() if r > 0 else contextlib.nullcontext():  # round 1 compiles
             state, metrics = round_fn(state, exp.data, exp.hparams)
-            participating.append(np.concatenate([np.asarray(x) for x in metrics["participating"]]))
+        participating.append(np.concatenate([np.asarray(x) for x in metrics["participating"]]))
     return exp, state, expected, participating, counter.count
 
 
@@ -115,7 +119,7 @@ def test_rounds_with_different_tier_counts_compile_once(sampled_batchnorm_rounds
     assert expected[-1][:2].sum() != expected[0][:2].sum()
     for got, want in zip(participating, expected, strict=True):
         np.testing.assert_array_equal(got, want)
-    assert compiles == 1
+    assert compiles == 0  # after round 1
 
 
 def test_batchnorm_state_flows_through_the_round(sampled_batchnorm_rounds):

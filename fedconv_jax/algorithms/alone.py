@@ -23,6 +23,7 @@ from fedconv_jax.algorithms.common import (
     client_metrics,
     global_metrics,
     phase_key,
+    screen_tiers,
     server_set,
     split_init_keys,
     train_tier,
@@ -31,6 +32,7 @@ from fedconv_jax.algorithms.common import (
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.sampling import sample_round_clients
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.tuning import evaluate
 from fedconv_jax.core.types import PRNGKey
@@ -51,14 +53,19 @@ def init_standalone_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
 
 def make_standalone_round_fn(cfg: RoundSpec) -> Callable:
     def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
+        data = sample_round_clients(state.key, state.round, data, hparams)
         key = phase_key(state, "clients")
-        models, accuracy = [], []
+        trained, accuracy = [], []
         for t, ratio in enumerate(cfg.tier_ratios):
             out, acc = train_tier(cfg, ratio, state.client_vars[t], data, t, client_keys(key, cfg, t), hparams["local_lr"])
-            models.append(where_present(data.client_mask[t], out, state.client_vars[t]))
+            trained.append(out)
             accuracy.append(acc)
+        # Nothing is uploaded, but a dropped client misses the round and a poisoned or
+        # non-finite model is not kept: the same screen as every other algorithm.
+        trained, participating, screen_metrics = screen_tiers(state, data, hparams, state.client_vars, trained)
+        models = [where_present(keep, out, old) for keep, out, old in zip(participating, trained, state.client_vars)]
         nan = jnp.full((), jnp.nan, jnp.float32)
-        metrics = {**client_metrics(data, accuracy), "global_accuracy": nan, "global_loss": nan}
+        metrics = {**client_metrics(data, accuracy), **screen_metrics, "global_accuracy": nan, "global_loss": nan}
         return state.replace(client_vars=tuple(models), round=state.round + 1), metrics
 
     return round_fn

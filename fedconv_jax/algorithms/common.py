@@ -16,6 +16,7 @@ from flax import struct
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import IndexSet, RoundData
+from fedconv_jax.core.participation import screen_uploads
 from fedconv_jax.core.sharding import map_clients_over_devices
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.streams import slot_keys, stream_key
@@ -127,6 +128,19 @@ def train_tier(
     return map_clients_over_devices(
         cfg.devices, cfg.client_parallelism, cfg.client_chunk, one_client, (data.images, data.labels, lr),
         start, data.client_train[tier], data.client_test[tier], keys,
+    )
+
+
+def screen_tiers(state: BaselineState, data: RoundData, hparams: HParams, sent, trained):
+    """The shared upload screen (core.participation.screen_uploads: poisoning, dropout,
+    non-finite uploads) with the round's "dropout" and "poison" streams, FedConv's own.
+
+    Returns:
+      (screened uploads per tier, participating per tier, screen metrics).
+    """
+    keys = (phase_key(state, "dropout"), phase_key(state, "poison"))
+    return screen_uploads(
+        keys, data.client_mask, sent, trained, data.poisoned, hparams["dropout_rate"], hparams["poison_scale"]
     )
 
 

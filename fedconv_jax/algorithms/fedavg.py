@@ -21,12 +21,14 @@ from fedconv_jax.algorithms.common import (
     phase_key,
     pretrain_on_server,
     pretrain_option,
+    screen_tiers,
     split_init_keys,
     train_tier,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.averaging import weighted_average
 from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.sampling import sample_round_clients
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.types import PRNGKey
 
@@ -52,17 +54,22 @@ def make_fedavg_round_fn(cfg: RoundSpec, variant: str, pretrain: bool = False) -
     ratio = fedavg_ratio(cfg, variant)
 
     def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
+        data = sample_round_clients(state.key, state.round, data, hparams)
         state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, hparams, pretrain))
         key = phase_key(state, "clients")
-        trained, accuracy = [], []
+        sent, trained, accuracy = [], [], []
         for t, capacity in enumerate(cfg.tier_capacity):
             start = broadcast_clients(state.global_vars, capacity)
             out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t), hparams["local_lr"])
+            sent.append(start)
             trained.append(out)
             accuracy.append(acc)
+        trained, participating, screen_metrics = screen_tiers(state, data, hparams, sent, trained)
         stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *trained)
-        new = weighted_average(stacked, jnp.concatenate(data.num_samples), jnp.concatenate(data.client_mask))
-        metrics = {**client_metrics(data, accuracy), **global_metrics(cfg, ratio, new, data)}
+        mask = jnp.concatenate(participating)
+        new = weighted_average(stacked, jnp.concatenate(data.num_samples), mask)
+        new = jax.tree.map(lambda a, b: jnp.where(jnp.any(mask), a, b), new, state.global_vars)  # nobody: keep
+        metrics = {**client_metrics(data, accuracy), **screen_metrics, **global_metrics(cfg, ratio, new, data)}
         return state.replace(global_vars=new, round=state.round + 1), metrics
 
     return round_fn

@@ -27,11 +27,13 @@ from fedconv_jax.algorithms.common import (
     phase_key,
     pretrain_on_server,
     pretrain_option,
+    screen_tiers,
     split_init_keys,
     train_tier,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.sampling import sample_round_clients
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.types import PRNGKey
 
@@ -67,17 +69,22 @@ def make_slice_round_fn(cfg: RoundSpec, algorithm: str, pretrain: bool = False) 
     rules = slicing.channel_rules(jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0)))
 
     def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
+        data = sample_round_clients(state.key, state.round, data, hparams)
         state = state.replace(global_vars=pretrain_on_server(cfg, 1.0, state, data, hparams, pretrain))
         key = phase_key(state, "clients")
-        tiers, accuracy = [], []
+        sent, trained, indices, accuracy = [], [], [], []
         for t, ratio in enumerate(cfg.tier_ratios):
             idx = tier_indices(cfg, policy, state, t)
             start = jax.vmap(lambda i: slicing.gather(state.global_vars, rules, i))(idx)
             out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t), hparams["local_lr"])
-            tiers.append((out, idx, data.client_mask[t].astype(jnp.float32)))
+            sent.append(start)
+            trained.append(out)
+            indices.append(idx)
             accuracy.append(acc)
+        trained, participating, screen_metrics = screen_tiers(state, data, hparams, sent, trained)
+        tiers = [(out, idx, keep.astype(jnp.float32)) for out, idx, keep in zip(trained, indices, participating)]
         new = slicing.aggregate_slices(state.global_vars, rules, tiers)
-        metrics = {**client_metrics(data, accuracy), **global_metrics(cfg, 1.0, new, data)}
+        metrics = {**client_metrics(data, accuracy), **screen_metrics, **global_metrics(cfg, 1.0, new, data)}
         return state.replace(global_vars=new, round=state.round + 1), metrics
 
     return round_fn

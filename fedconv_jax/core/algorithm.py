@@ -27,8 +27,9 @@ HParams = dict[str, jax.Array]  # the round's traced hyper-parameters, by config
 RoundFn = Callable[[State, RoundData, HParams], tuple[State, Metrics]]
 # call(name, fn, *args) -> fn(*args): how a phased round runs each phase (timing hooks here).
 PhaseCall = Callable[..., Any]
-# Hyper-parameters every algorithm's round reads (client training, pre-training on D, attacks).
-SHARED_HPARAMS = ("local_lr", "pretrain_lr", "poison_scale")
+# Round inputs every algorithm reads: client training, pre-training on D, attacks, and who
+# takes part (participation inputs are data, not program structure: a new value reuses it).
+SHARED_HPARAMS = ("local_lr", "pretrain_lr", "poison_scale", "dropout_rate", "clients_per_round")
 
 
 class FederatedAlgorithm(NamedTuple):

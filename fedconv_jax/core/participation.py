@@ -7,28 +7,28 @@ a different program.
 
 import functools
 import itertools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from fedconv_jax.core.types import Params, PRNGKey
 
 POISON_MODES = ("sign_flip", "noise")
 
 
-def participation_mask(key: PRNGKey, base_mask: jax.Array, dropout_rate: float) -> jax.Array:
+def participation_mask(key: PRNGKey, base_mask: jax.Array, dropout_rate: ArrayLike) -> jax.Array:
     """Drops floor(dropout_rate * n_present) of the present clients, uniformly at random.
 
     Args:
       key: the round's participation key (derive it from (seed, round) for reproducibility).
       base_mask: (clients,) bool, the slots that hold a client.
-      dropout_rate: static fraction in [0, 1); 0 returns `base_mask` unchanged.
+      dropout_rate: fraction in [0, 1), may be traced (a round input); 0 keeps `base_mask`.
 
     Returns:
       (clients,) bool: a subset of `base_mask`; at least one client stays when any is present.
     """
-    if dropout_rate == 0.0:
-        return base_mask
     n_present = jnp.sum(base_mask)
     # The small slack keeps e.g. 0.7 * 10 from flooring to 6 in float32.
     n_drop = jnp.floor(dropout_rate * n_present + 1e-4).astype(jnp.int32)
@@ -62,7 +62,7 @@ def attack_code(mode: str) -> int:
     return POISON_MODES.index(mode) + 1
 
 
-def poison_uploads(key: PRNGKey, received: Params, trained: Params, attack: jax.Array, scale: float) -> Params:
+def poison_uploads(key: PRNGKey, received: Params, trained: Params, attack: jax.Array, scale: ArrayLike) -> Params:
     """Replaces the uploads of attacking clients (model poisoning).
 
     The attack is data, not a static setting, so the number of attackers and their mode can
@@ -70,7 +70,8 @@ def poison_uploads(key: PRNGKey, received: Params, trained: Params, attack: jax.
 
     Args:
       key: randomness for "noise".
-      received: the parameters the clients were sent (no client axis).
+      received: the parameters the clients were sent: one copy (no client axis) or stacked
+        like `trained` (clients sent different slices).
       trained: the clients' trained parameters, stacked along a leading client axis.
       attack: (clients,) int codes: 0 honest, `attack_code("sign_flip")`: upload
         received - scale * (trained - received), the update reversed; `attack_code("noise")`:
@@ -101,4 +102,65 @@ def _normal_like(key: PRNGKey, stacked: Params) -> Params:
     return jax.tree.unflatten(treedef, [p.reshape(x.shape).astype(x.dtype) for p, x in zip(parts, leaves)])
 
 
-__all__ = ["POISON_MODES", "attack_code", "finite_mask", "participation_mask", "poison_uploads", "select_clients"]
+def screen_uploads(
+    keys: tuple[PRNGKey, PRNGKey],
+    client_mask: Sequence[jax.Array],
+    sent: Sequence[Params],
+    trained: Sequence[Params],
+    poisoned: Sequence[jax.Array],
+    dropout_rate: ArrayLike,
+    poison_scale: ArrayLike,
+) -> tuple[tuple[Params, ...], tuple[jax.Array, ...], dict]:
+    """Who takes part in a round, after local training: the screen every algorithm runs.
+
+    Per tier: attacking clients' uploads are poisoned (`poison_uploads`); then a client takes
+    part if it is present, not dropped (`participation_mask` over all tiers) and its upload
+    is finite. A non-finite upload is replaced by what the client was sent, so whatever the
+    server computes from it stays finite; it is masked out like a dropped client.
+
+    Args:
+      keys: (dropout key, poison key) of the round.
+      client_mask: per tier, (capacity,) bool: the slots in this round.
+      sent: per tier, the variables the clients were sent (one copy or stacked).
+      trained: per tier, the clients' variables after local training, stacked over slots.
+      poisoned: per tier, (capacity,) int32 attack codes; () when there are none.
+      dropout_rate, poison_scale: round inputs (traced).
+
+    Returns:
+      (screened uploads per tier, participating per tier ((capacity,) bool), metrics with
+      `participating`, `dropped_clients` and `excluded_clients`).
+    """
+    key_drop, key_poison = keys
+    base = jnp.concatenate(client_mask)
+    present = participation_mask(key_drop, base, dropout_rate)
+    screened, finite = [], []
+    for t, uploads in enumerate(trained):
+        if poisoned:
+            params = poison_uploads(
+                jax.random.fold_in(key_poison, t), sent[t]["params"], uploads["params"], poisoned[t], poison_scale
+            )
+            uploads = {**uploads, "params": params}
+        ok = finite_mask(uploads)
+        screened.append(select_clients(ok, uploads, sent[t]))
+        finite.append(ok)
+    finite = jnp.concatenate(finite)
+    keep = present & finite
+    sizes = [int(m.shape[0]) for m in client_mask]
+    participating = tuple(jnp.split(keep, list(itertools.accumulate(sizes))[:-1]))
+    metrics = {
+        "participating": participating,
+        "dropped_clients": jnp.sum(base & ~present),
+        "excluded_clients": jnp.sum(present & ~finite),
+    }
+    return tuple(screened), participating, metrics
+
+
+__all__ = [
+    "POISON_MODES",
+    "attack_code",
+    "finite_mask",
+    "participation_mask",
+    "poison_uploads",
+    "screen_uploads",
+    "select_clients",
+]

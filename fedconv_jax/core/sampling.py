@@ -7,33 +7,41 @@ of clients share one compiled program (fedjax's "padding plus masks").
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
+from fedconv_jax.core.data import RoundData
 from fedconv_jax.core.streams import stream_key
 from fedconv_jax.core.types import PRNGKey
 
 
-def sample_clients(key: PRNGKey, round_index: jax.Array, present: tuple[jax.Array, ...], clients_per_round: int):
+def sample_clients(key: PRNGKey, round_index: jax.Array, present: tuple[jax.Array, ...], clients_per_round: ArrayLike):
     """K clients uniformly without replacement among the present slots of all tiers.
 
     Args:
       key: the server state's key.
       round_index: int32 scalar, 0-based.
       present: per tier, (capacity,) bool: real clients (padding slots are False).
-      clients_per_round: K; 0, or K >= the number of present clients, keeps all of them.
+      clients_per_round: K, may be traced (a round input); 0, or K >= the number of present
+        clients, keeps all of them.
 
     Returns:
       Per tier, (capacity,) bool: present and drawn this round.
     """
-    if clients_per_round == 0:
-        return present
     flat = jnp.concatenate(present)
     key = stream_key(key, round_index, "sampling")
     scores = jnp.where(flat, jax.random.uniform(key, flat.shape), jnp.inf)
     rank = jnp.argsort(jnp.argsort(scores))  # 0 = smallest score
-    drawn = flat & (rank < clients_per_round)
+    k = jnp.asarray(clients_per_round).astype(jnp.int32)
+    drawn = flat & ((rank < k) | (k == 0))
     splits = [int(m.shape[0]) for m in present]
     offsets = [sum(splits[:i]) for i in range(len(splits))]
     return tuple(drawn[o : o + n] for o, n in zip(offsets, splits))
 
 
-__all__ = ["sample_clients"]
+def sample_round_clients(key: PRNGKey, round_index: jax.Array, data: RoundData, hparams) -> RoundData:
+    """`data` with `client_mask` set to this round's draw (`hparams["clients_per_round"]`)."""
+    mask = sample_clients(key, round_index, data.client_mask, hparams["clients_per_round"])
+    return data._replace(client_mask=mask)
+
+
+__all__ = ["sample_clients", "sample_round_clients"]

@@ -12,8 +12,9 @@ CLIENT_PARALLELISM = ("vmap", "map")
 class RoundSpec:
     """What changes shapes or control flow of any algorithm's round.
 
-    Numeric hyper-parameters (learning rates, weights, scales) are not here: they are the
-    round's traced `hparams` argument, so a new value reuses the compiled program.
+    Numeric hyper-parameters (learning rates, weights, scales) and the participation
+    settings (`clients_per_round`, `dropout_rate`) are not here: they are the round's traced
+    `hparams` argument, so a new value reuses the compiled program.
     Algorithms with settings of their own extend this class (FedConv's `FedConvSpec`).
 
     Attributes:
@@ -25,9 +26,7 @@ class RoundSpec:
       client_parallelism: "vmap" or "map" (`lax.map` in chunks of `client_chunk`).
       devices: devices the client axis is sharded over (sharding.py); every tier capacity
         must be a multiple of it.
-      clients_per_round: clients drawn per round (sampling.py); 0 = all.
       eval_chunk: examples per evaluation chunk (bounds activation memory).
-      dropout_rate: fraction of the present clients dropped each round (participation.py).
     """
 
     model: ModelSpec
@@ -39,9 +38,7 @@ class RoundSpec:
     client_parallelism: str = "map"
     client_chunk: int = 1
     devices: int = 1
-    clients_per_round: int = 0
     eval_chunk: int = 1024
-    dropout_rate: float = 0.0
 
     @property
     def num_clients(self) -> int:

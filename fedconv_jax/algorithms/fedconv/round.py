@@ -38,13 +38,8 @@ from fedconv_jax.core.algorithm import HParams, PhaseCall
 from fedconv_jax.core.averaging import weighted_average
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
-from fedconv_jax.core.participation import (
-    finite_mask,
-    participation_mask,
-    poison_uploads,
-    select_clients,
-)
-from fedconv_jax.core.sampling import sample_clients
+from fedconv_jax.core.participation import screen_uploads
+from fedconv_jax.core.sampling import sample_round_clients
 from fedconv_jax.core.sharding import map_clients_over_devices
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.streams import slot_keys, stream_key
@@ -156,37 +151,6 @@ def _phase_key(state: ServerState, phase: str) -> PRNGKey:
     return stream_key(state.key, state.round, phase)
 
 
-def _screen_uploads(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, subs, trained):
-    """Poisoning, then who takes part: present, not dropped, and a finite upload.
-
-    A non-finite upload is replaced by the model the client was sent, so that dilating it
-    stays finite; it is masked out of dilation and aggregation like a dropped client.
-    """
-    key_part, key_poison = _phase_key(state, "dropout"), _phase_key(state, "poison")
-    base = jnp.concatenate(data.client_mask)
-    present = participation_mask(key_part, base, cfg.dropout_rate)
-    screened, finite = [], []
-    for t, uploads in enumerate(trained):
-        if data.poisoned:
-            params = poison_uploads(
-                jax.random.fold_in(key_poison, t), subs[t]["params"], uploads["params"],
-                data.poisoned[t], hparams["poison_scale"],
-            )
-            uploads = {**uploads, "params": params}
-        ok = finite_mask(uploads)
-        screened.append(select_clients(ok, uploads, subs[t]))
-        finite.append(ok)
-    finite = jnp.concatenate(finite)
-    keep = present & finite
-    participating = tuple(jnp.split(keep, list(itertools.accumulate(cfg.tier_capacity))[:-1]))
-    metrics = {
-        "participating": participating,
-        "dropped_clients": jnp.sum(base & ~present),
-        "excluded_clients": jnp.sum(present & ~finite),
-    }
-    return tuple(screened), metrics
-
-
 def _map_clients(cfg: FedConvSpec, fn: Callable, shared, *xs):
     return map_clients_over_devices(cfg.devices, cfg.client_parallelism, cfg.client_chunk, fn, shared, *xs)
 
@@ -204,13 +168,13 @@ def _logits_at(cfg: FedConvSpec, ratio: float, variables: Variables) -> Callable
     return lambda x: cfg.model.apply(ratio, variables, x)[0]
 
 
-def sample_phase(cfg: FedConvSpec, state: ServerState, data: RoundData) -> RoundData:
+def sample_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams) -> RoundData:
     """This round's participants: `clients_per_round` of the present clients (or all).
 
     Returns `data` with `client_mask` set to the drawn clients (per tier, (capacity,) bool).
     """
-    mask = sample_clients(state.key, state.round, data.client_mask, cfg.clients_per_round)
-    return data._replace(client_mask=mask)
+    del cfg
+    return sample_round_clients(state.key, state.round, data, hparams)
 
 
 def pretrain_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams) -> ServerState:
@@ -311,7 +275,10 @@ def clients_phase(
         trained.append(out)
         accuracy.append(acc)
         test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
-    trained, screen_metrics = _screen_uploads(cfg, state, data, hparams, subs, trained)
+    keys = (_phase_key(state, "dropout"), _phase_key(state, "poison"))
+    trained, _, screen_metrics = screen_uploads(
+        keys, data.client_mask, subs, trained, data.poisoned, hparams["dropout_rate"], hparams["poison_scale"]
+    )
     metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts), **screen_metrics}
     return trained, metrics
 
@@ -455,7 +422,7 @@ def run_phases(
     def phase(name, fn):
         return functools.partial(call, name, functools.partial(fn, cfg))
 
-    data = sample_phase(cfg, state, data)  # the one place the round's client mask is set
+    data = sample_phase(cfg, state, data, hparams)  # the one place the round's client mask is set
     state = phase("pretrain", pretrain_phase)(state, data, hparams)
     state, subs, metrics = phase("compress", compress_phase)(state, data, hparams)
     trained, client_metrics = phase("clients", clients_phase)(state, data, hparams, subs)
