@@ -10,7 +10,6 @@ previous outputs); `run_phases` chains them, for the fused round and for phase t
 
 import dataclasses
 import functools
-import itertools
 from collections.abc import Callable
 from typing import Any
 
