@@ -8,7 +8,7 @@ each side with its own fresh compilation cache:
   - sweep: one `fedconv-jax sweep` per K (K = 1, 4, 16), `--run-axis map` and `vmap`.
 
     python benchmarks/sweep.py [--rounds 5] [--out benchmarks/results/sweep.json]
-    python benchmarks/sweep.py --quick   # K = 1, 2; map only; 4 tiny clients (under a minute)
+    python benchmarks/sweep.py --quick   # K = 1, 2; map only; 4 tiny clients (about 2 minutes)
 """
 
 import argparse
