@@ -29,6 +29,7 @@ def get_config():
     c.rounds = {ROUNDS}
     c.checkpoint_every = 1
     c.keep_checkpoints = 3
+    c.client_costs = False  # not under test here: four processes would each compile the cost programs
     return c
 """
 
