@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedconv_jax import checkpointing
+from fedconv_jax.compare import read_rows
 from fedconv_jax.config import (
     ConfigError,
     apply_overrides,
@@ -167,12 +168,13 @@ def run_sweep(
                 metrics = jax.block_until_ready(metrics)
                 seconds = time.perf_counter() - start
             metrics = jax.device_get(metrics)
+            params = jax.device_get(algorithm.digest(states))  # one copy to the host, run axis leading
             for i, writer in enumerate(writers):
                 row = round_row(
                     round_index=r, algorithm=base.algorithm, device_metrics=_unstack(metrics, i),
                     tier_ratios=exp.spec.tier_ratios, client_masks=client_masks, seconds=seconds,
                     phase_seconds=None, compiles=counter.count,
-                    digest=params_digest(algorithm.digest(_unstack(states, i))),
+                    digest=params_digest(_unstack(params, i)),
                 )
                 row.update(compile_seconds=compile_seconds, client_costs=costs, sweep_runs=len(runs), run_axis=run_axis)
                 writer.write(row)
@@ -181,13 +183,9 @@ def run_sweep(
         bar.close()
         for writer in writers:
             writer.close()
-    summaries = [summarize(run, _read_rows(workdir / run.name)) for run in runs]
+    summaries = [summarize(run, read_rows(workdir / run.name)) for run in runs]
     write_summary(summaries, sweep, workdir)
     return summaries
-
-
-def _read_rows(directory: Path) -> list[dict]:
-    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def summarize(run: SweepRun, rows: list[dict]) -> dict:
@@ -240,7 +238,7 @@ def write_summary(summaries: list[dict], sweep: dict[str, tuple], workdir: Path)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in summaries:
-        rows = _read_rows(workdir / s["run"])
+        rows = read_rows(workdir / s["run"])
         points = [(r["round"], r["global_accuracy"]) for r in rows if not math.isnan(r["global_accuracy"])]
         if points:
             ax.plot(*zip(*points), label=s["run"], marker="." if len(points) < 30 else None)

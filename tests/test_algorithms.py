@@ -94,8 +94,7 @@ def test_one_program_across_rounds_hyper_parameters_and_sample_counts(runs, algo
     assert run["digests"][0] != run["digests"][1]  # the model moves every round
     if run["exp"].algorithm.trained_ratio(1.0) is not None:  # clients train (not serveralone)
         assert run["other_counts"] != run["digests"][0]  # the new counts reached the clients
-    if "local_lr" in algorithm_entry(algorithm).hparams:
-        assert run["other_hparams"] != run["digests"][0]  # the new values reached the round
+    assert run["other_hparams"] != run["digests"][0]  # the new values reached the round
     assert set(run["exp"].hparams) == set(algorithm_entry(algorithm).hparams)
 
 

@@ -27,11 +27,11 @@ from fedconv_jax.algorithms.common import (
     server_set,
     split_init_keys,
     train_tier,
-    where_present,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
+from fedconv_jax.core.participation import select_clients
 from fedconv_jax.core.sampling import sample_round_clients
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.tuning import evaluate
@@ -63,7 +63,7 @@ def make_standalone_round_fn(cfg: RoundSpec) -> Callable:
         # Nothing is uploaded, but a dropped client misses the round and a poisoned or
         # non-finite model is not kept: the same screen as every other algorithm.
         trained, participating, screen_metrics = screen_tiers(state, data, hparams, state.client_vars, trained)
-        models = [where_present(keep, out, old) for keep, out, old in zip(participating, trained, state.client_vars)]
+        models = [select_clients(keep, out, old) for keep, out, old in zip(participating, trained, state.client_vars)]
         nan = jnp.full((), jnp.nan, jnp.float32)
         metrics = {**client_metrics(data, accuracy), **screen_metrics, "global_accuracy": nan, "global_loss": nan}
         return state.replace(client_vars=tuple(models), round=state.round + 1), metrics

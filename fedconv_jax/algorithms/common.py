@@ -158,13 +158,6 @@ def global_metrics(cfg: RoundSpec, ratio: float, variables: Variables, data: Rou
     return {"global_accuracy": acc, "global_loss": loss}
 
 
-def where_present(mask: jax.Array, new, old):
-    """Per-slot select: absent client slots keep their old values."""
-    return jax.tree.map(
-        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old
-    )
-
-
 def server_set(data: RoundData) -> IndexSet:
     """The whole server data set D (tuning part and held-out part)."""
     return IndexSet(

@@ -37,7 +37,7 @@ from fedconv_jax.core.algorithm import HParams, PhaseCall
 from fedconv_jax.core.averaging import weighted_average
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
-from fedconv_jax.core.participation import screen_uploads
+from fedconv_jax.core.participation import screen_uploads, select_clients
 from fedconv_jax.core.sampling import sample_round_clients
 from fedconv_jax.core.sharding import map_clients_over_devices
 from fedconv_jax.core.spec import RoundSpec
@@ -152,11 +152,6 @@ def _phase_key(state: ServerState, phase: str) -> PRNGKey:
 
 def _map_clients(cfg: FedConvSpec, fn: Callable, shared, *xs):
     return map_clients_over_devices(cfg.devices, cfg.client_parallelism, cfg.client_chunk, fn, shared, *xs)
-
-
-def _where_mask(mask: jax.Array, new: Params, old: Params) -> Params:
-    """Per-client-slot select: absent clients keep their old filters / optimizer states."""
-    return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
 def _apply_at(cfg: FedConvSpec, ratio: float) -> Callable:
@@ -327,8 +322,8 @@ def dilate_phase(
         )
         mask = data.client_mask[t]
         dilated.append(big)
-        filters.append(_where_mask(mask, f, state.dilation[t]))
-        opts.append(_where_mask(mask, opt, state.dilation_opt[t]))
+        filters.append(select_clients(mask, f, state.dilation[t]))  # absent slots keep theirs
+        opts.append(select_clients(mask, opt, state.dilation_opt[t]))
         metrics[f"dilate/{ratio:g}/holdout_accuracy"] = acc
     state = state.replace(dilation=tuple(filters), dilation_opt=tuple(opts))
     return state, tuple(dilated), metrics
