@@ -29,12 +29,11 @@ from fedconv_jax.core.participation import POISON_MODES
 from fedconv_jax.core.spec import CLIENT_PARALLELISM, RoundSpec
 from fedconv_jax.core.tuning import TuningConfig
 from fedconv_jax.data import PARTITIONS, is_dataset_name
-from fedconv_jax.models import CONV_IMPLS, MODELS, make_model, scaled_width
+from fedconv_jax.models import CONV_IMPLS, example_model, make_model, model_names
 
 ALGORITHMS = algorithm_names()
 MAX_INT = 2**31 - 1  # int32: seeds, counts and epochs all end up as device integers
 MAX_BATCH = 65536  # batch sizes pad every index list to a multiple of themselves
-CNN_WIDTHS = (16, 32)  # conv widths of both registered models; class outputs are never scaled
 
 
 class ConfigError(ValueError):
@@ -98,7 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
     c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
-    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; fedconv only)
+    c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; every algorithm but serveralone)
     c.client_costs = True  # per-client bytes, FLOPs and memory in every row (one compile per model width)
     # --- checkpoints and resume (README, "Checkpoints and resume")
     c.checkpoint_every = 1  # save the ServerState every this many rounds (and after the last); 0 = never
@@ -182,7 +181,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.data_dir, str):
         raise ConfigError("data_dir", config.data_dir, "a directory path (\"\" for the default)")
     _choice(config, "partition", PARTITIONS)
-    _choice(config, "model", MODELS)
+    _choice(config, "model", model_names())
     _choice(config, "filter_init", FILTER_INITS)
     _choice(config, "pre_projection", PRE_PROJECTIONS)
     _choice(config, "residual", RESIDUALS)
@@ -229,13 +228,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ratios = tuple(config.shrink_ratios)
     if len(ratios) != config.num_clients:
         raise ConfigError("shrink_ratios", ratios, f"one SR per client ({config.num_clients} values)")
+    model = example_model(config.model)  # unit widths from the model's declared width axes
     for ratio in ratios:
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
             raise ConfigError("shrink_ratios", ratio, "every SR in (0, 1]")
-        narrowest = min(CNN_WIDTHS)
-        if scaled_width(narrowest, ratio) < 1:
+        if not model.fits(ratio):
             raise ConfigError(
-                "shrink_ratios", ratio, f"an SR whose sub-model has no zero-width layer (>= {1 / narrowest:g})"
+                "shrink_ratios", ratio,
+                f"an SR whose sub-model of {config.model} has no zero-width unit (>= {model.narrowest_ratio():g})",
             )
 
 

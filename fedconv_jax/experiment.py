@@ -66,13 +66,17 @@ def initial_state(algorithm: FederatedAlgorithm, seed: int) -> State:
 
 
 def build_experiment(
-    config: ml_collections.ConfigDict, abstract_state: bool = False, dataset: Dataset | None = None
+    config: ml_collections.ConfigDict,
+    abstract_state: bool = False,
+    dataset: Dataset | None = None,
+    slot_multiple: int | None = None,
 ) -> Experiment:
     """Loads and splits the data, uploads it once, and initialises the server state.
 
     With `abstract_state`, the state is only its shapes (`jax.eval_shape`): enough to restore
     a checkpoint into, without paying for the initialisation. `dataset` replaces the config's
-    data set (benchmarks on in-memory data).
+    data set (benchmarks on in-memory data). Every tier gets empty slots up to a multiple of
+    `slot_multiple` (default `config.devices`, so each device holds whole slots).
     """
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir or None)
@@ -81,7 +85,7 @@ def build_experiment(
         partition=config.partition, shards_per_client=config.shards_per_client,
     )
     ratios, members = group_tiers(config.shrink_ratios)
-    capacity = tuple(padded_capacity(len(m), config.devices) for m in members)
+    capacity = tuple(padded_capacity(len(m), slot_multiple or config.devices) for m in members)
     spec = make_round_spec(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])
     algorithm = make_algorithm(config.algorithm, spec, config)
     data = make_round_data(
@@ -229,7 +233,7 @@ def run_experiment(
             phases = None
             if phase_seconds is not None:
                 phases = dict(phase_seconds)
-                if r > 1 and not config.pretrain_every_round:
+                if r > 1 and "pretrain" in phases and not config.pretrain_every_round:
                     phases["pretrain"] = 0.0  # the fused program skips it after round 1
             row = round_row(
                 round_index=r, algorithm=config.algorithm, device_metrics=device_metrics,

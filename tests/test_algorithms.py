@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_round import tiny_config
 
-from fedconv_jax.algorithms.common import pretrain_on_server
+from fedconv_jax.algorithms.common import pretrain_step
 from fedconv_jax.checkpointing import Checkpointer, find_latest
 from fedconv_jax.config import ALGORITHMS
 from fedconv_jax.core.algorithm import algorithm_entry
@@ -139,6 +139,33 @@ def test_checkpoint_round_trip_continues_identically(runs, algorithm, tmp_path):
     assert params_digest(exp.algorithm.digest(state)) == run["digests"][1]
 
 
+# test_sharding pads fedconv, fedavg_full and standalone with empty slots for 2 and 4 devices
+# and compares with 1 device; the rest are checked here, in this process.
+PADDED_HERE = tuple(a for a in ALGORITHMS if a not in ("fedconv", "fedavg_full", "standalone"))
+
+
+@pytest.mark.parametrize("algorithm", PADDED_HERE)
+def test_padded_slots_change_nothing(runs, algorithm):
+    """An empty slot in every tier (what padding a tier for more devices adds) changes no
+    real client's result: the same round-1 models and client accuracies, up to the order of
+    the cross-client sums."""
+    config = tiny_config()
+    config.algorithm = algorithm
+    padded = build_experiment(config, slot_multiple=3)
+    assert padded.spec.tier_capacity == (3, 3)
+    state, metrics = jax.jit(padded.algorithm.round)(padded.state, padded.data, padded.hparams)
+    run = runs[algorithm]
+    reference, reference_metrics = run["round_fn"](run["exp"].state, run["exp"].data, run["exp"].hparams)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
+    jax.tree.map(close, state.global_vars, reference.global_vars)
+    for t in range(2):
+        close(metrics["client_accuracy"][t][:2], reference_metrics["client_accuracy"][t])
+        if "participating" in metrics:  # serveralone has no clients to screen
+            assert not bool(metrics["participating"][t][2])  # the empty slot never takes part
+    moved = jax.tree.leaves(reference.global_vars)[-1], jax.tree.leaves(run["exp"].state.global_vars)[-1]
+    assert not np.allclose(*moved)  # the comparison is not between two untouched models
+
+
 def test_fedconv_sr1_clients_and_fedavg_full_draw_the_same_batches():
     """Named streams: with every client at SR 1 and no server tuning, FedConv's round is
     FedAvg's on the full model (same init, same client keys, same mean), to the bit."""
@@ -188,9 +215,11 @@ def test_optional_pretraining_on_d_runs_in_round_one_only():
     exp = build_experiment(config)
     cfg, state = exp.spec, exp.state
 
+    prepare = pretrain_step(cfg, 1.0, True)
+
     @jax.jit
     def pretrained(state):
-        new = pretrain_on_server(cfg, 1.0, state, exp.data, exp.hparams, True)
+        new = prepare(state, exp.data, exp.hparams).global_vars
         loss = lambda v: evaluate(lambda x: cfg.model.apply(1.0, v, x)[0], exp.data.images, exp.data.labels, exp.data.server_holdout)[1]
         return new, loss(state.global_vars), loss(new)
 
@@ -199,4 +228,4 @@ def test_optional_pretraining_on_d_runs_in_round_one_only():
     assert float(after) <= float(before)  # held-out selection keeps the better of start and epoch 1
     later, _, _ = pretrained(state.replace(round=state.round + 1))
     assert params_digest(exp.algorithm.digest(state.replace(global_vars=later))) == params_digest(exp.algorithm.digest(state))
-    assert pretrain_on_server(cfg, 1.0, state, exp.data, exp.hparams, False) is state.global_vars
+    assert pretrain_step(cfg, 1.0, False) is None  # off: no step at all

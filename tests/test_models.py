@@ -74,6 +74,26 @@ def test_batchnorm_variant_carries_state():
     np.testing.assert_array_equal(eval_stats["bn_0"]["mean"], variables["batch_stats"]["bn_0"]["mean"])
 
 
+def test_cnn_declares_its_width_axes(mnist_model):
+    """Every axis names its unit: conv outputs, the next conv's inputs, the channel-major
+    flatten of 7x7 pixels; image channels, taps and classes never scale."""
+    axes = mnist_model.width_axes()["params"]
+    assert axes["conv_0"]["kernel"] == (None, None, None, (("conv_0", 1),))
+    assert axes["conv_1"]["kernel"] == (None, None, (("conv_0", 1),), (("conv_1", 1),))
+    assert axes["head"]["kernel"] == ((("conv_1", 49),), None) and axes["head"]["bias"] == (None,)
+    assert mnist_model.width_axes(0.25) == mnist_model.width_axes(1.0)
+    assert mnist_model.unit_widths(0.75) == {"conv_0": 12, "conv_1": 24}
+    assert mnist_model.fits(0.0625) and not mnist_model.fits(0.06)
+
+
+def test_fedconv_refuses_a_width_axis_among_the_taps():
+    from fedconv_jax.algorithms.fedconv.filters import check_tap_axes
+
+    check_tap_axes(make_model("cnn_bn", 10, (8, 8, 1)).width_axes())  # every CNN leaf qualifies
+    with pytest.raises(ValueError, match=r"tap\) axes of \['attn'\]\['kernel'\] whole, but its axis 1 scales"):
+        check_tap_axes({"attn": {"kernel": (None, (("heads", 1),), None, None)}})
+
+
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="model='resnet' is not known"):
         make_model("resnet", 10, (8, 8, 1))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedconv_jax.algorithms.fedconv.round import PHASES, clients_phase, compress_phase
+from fedconv_jax.algorithms.fedconv.round import PHASES, compress_phase, fedconv_steps
 from fedconv_jax.config import default_config, validate
 from fedconv_jax.core.participation import (
     attack_code,
@@ -15,6 +15,7 @@ from fedconv_jax.core.participation import (
     select_clients,
 )
 from fedconv_jax.core.sharding import jit_round, make_client_mesh
+from fedconv_jax.core.skeleton import clients_step
 from fedconv_jax.experiment import build_experiment, time_phases
 from fedconv_jax.metrics import CompileCounter
 
@@ -213,7 +214,7 @@ def test_dropout_inside_the_round_is_seeded_by_round():
     @jax.jit
     def clients(state, data):
         subs = compress_phase(cfg, state, data, hparams)[1]
-        return clients_phase(cfg, state, data, hparams, subs)[1]
+        return clients_step(cfg, fedconv_steps(cfg), state, data, hparams, subs)[1]
 
     seen = []
     for r in range(6):

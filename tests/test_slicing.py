@@ -4,9 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from fedconv_jax.algorithms import slicing
-from fedconv_jax.models import make_model
+from fedconv_jax.models import ModelSpec, make_model, register_model, scaled_width
+from fedconv_jax.models.layers import Conv, Dense
 
 MODEL = make_model("cnn_bn", 10, (8, 8, 1), "im2col")  # BN so that every rule is exercised
 
@@ -42,13 +44,14 @@ def _template(ratio):
 
 @pytest.mark.parametrize("ratio", [0.75, 0.5, 0.25])
 def test_gather_matches_numpy_and_the_tier_model_shapes(full, ratio):
-    rules = slicing.channel_rules(full)
+    rules = slicing.channel_rules(MODEL)
     sub_template = _template(ratio)
-    kept = slicing.kept_widths(full, sub_template)
-    assert kept == (int(16 * ratio), int(32 * ratio))
+    kept = MODEL.unit_widths(ratio)
+    assert kept == {"conv_0": int(16 * ratio), "conv_1": int(32 * ratio)}
     rng = np.random.default_rng(0)
-    i0, i1 = (np.sort(rng.choice(c, k, replace=False)) for c, k in zip((16, 32), kept))
-    sub = jax.jit(lambda f, i: slicing.gather(f, rules, i))(full, (jnp.asarray(i0), jnp.asarray(i1)))
+    i0, i1 = (np.sort(rng.choice(c, k, replace=False)) for c, k in zip((16, 32), kept.values()))
+    idx = {"conv_0": jnp.asarray(i0), "conv_1": jnp.asarray(i1)}
+    sub = jax.jit(lambda f, i: slicing.gather(f, rules, i))(full, idx)
     assert jax.tree.map(jnp.shape, sub) == jax.tree.map(jnp.shape, sub_template)
     jax.tree.map(np.testing.assert_array_equal, sub, _np_gather(full, i0, i1))
     # Class outputs are never sliced.
@@ -62,8 +65,8 @@ def test_sliced_model_computes_the_full_model_with_dropped_channels_zeroed():
     model = make_model("cnn", 10, (8, 8, 1), "im2col")
     full = model.init(jax.random.key(2))
     full = {"params": jax.tree.map(lambda x: x + 0.1, full["params"]), "batch_stats": {}}  # non-zero biases
-    rules = slicing.channel_rules(full)
-    idx = (jnp.array([1, 4, 7, 9, 10, 15]), jnp.array([0, 3, 5, 8, 13, 20, 21, 27, 28, 30, 31, 2]).sort())
+    rules = slicing.channel_rules(model)
+    idx = {"conv_0": jnp.array([1, 4, 7, 9, 10, 15]), "conv_1": jnp.array([0, 3, 5, 8, 13, 20, 21, 27, 28, 30, 31, 2]).sort()}
 
     @jax.jit
     def both(full, idx, x):
@@ -77,20 +80,23 @@ def test_sliced_model_computes_the_full_model_with_dropped_channels_zeroed():
 
 
 def test_index_policies():
-    widths, kept = (16, 32), (12, 24)
+    widths, kept = {"a": 16, "b": 32}, {"a": 12, "b": 24}
     nested = slicing.nested_indices(widths, kept, 3)
-    np.testing.assert_array_equal(nested[1], np.tile(np.arange(24), (3, 1)))
+    np.testing.assert_array_equal(nested["b"], np.tile(np.arange(24), (3, 1)))
     for r in (0, 1, 5, 15, 16, 33):
         rolled = slicing.rolling_indices(widths, kept, 2, jnp.int32(r))
-        for c, k, got in zip(widths, kept, rolled):
+        for c, k, got in zip(widths.values(), kept.values(), rolled.values()):
             np.testing.assert_array_equal(got, np.tile((np.arange(k) + r) % c, (2, 1)))
     # Round 5 on 16 channels keeping 12 wraps around: 5..15 then 0.
-    assert list(np.asarray(slicing.rolling_indices(widths, kept, 1, jnp.int32(5))[0][0])) == [*range(5, 16), 0]
+    assert list(np.asarray(slicing.rolling_indices(widths, kept, 1, jnp.int32(5))["a"][0])) == [*range(5, 16), 0]
 
     def draw(seed, round_index):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), round_index), 1)
-        return slicing.random_indices(widths, kept, jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(4)))
+        out = slicing.random_indices(unit_widths, unit_kept, jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(4)))
+        return tuple(out.values())
 
+    unit_widths, unit_kept = widths, kept
+    widths, kept = tuple(widths.values()), tuple(kept.values())
     a, b, c = draw(0, 3), draw(0, 3), draw(0, 4)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)  # same (seed, round): same channels
@@ -103,19 +109,19 @@ def test_index_policies():
 
 
 def test_aggregation_averages_each_element_over_its_holders(full):
-    rules = slicing.channel_rules(full)
+    rules = slicing.channel_rules(MODEL)
     rng = np.random.default_rng(1)
     # Where each sub-model element sits in the global model (flat ids), by the NumPy rules.
     positions = jax.tree.map(lambda x: np.arange(x.size).reshape(x.shape), full)
     tiers, holders = [], []
     for t, (ratio, capacity) in enumerate([(0.5, 3), (0.25, 2)]):
-        kept = slicing.kept_widths(full, _template(ratio))
+        kept = MODEL.unit_widths(ratio).values()
         idx = [np.stack([np.sort(rng.choice(c, k, replace=False)) for _ in range(capacity)]) for c, k in zip((16, 32), kept)]
         subs = [jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32), _np_gather(full, idx[0][j], idx[1][j]))
                 for j in range(capacity)]  # "trained" sub-models
         mask = np.array([1.0, 0.0, 1.0][:capacity])  # slot 1 of each tier is absent
         stacked = jax.tree.map(lambda *xs: np.stack(xs), *subs)
-        tiers.append((stacked, tuple(map(jnp.asarray, idx)), jnp.asarray(mask)))
+        tiers.append((stacked, {"conv_0": jnp.asarray(idx[0]), "conv_1": jnp.asarray(idx[1])}, jnp.asarray(mask)))
         holders += [(subs[j], _np_gather(positions, idx[0][j], idx[1][j])) for j in range(capacity) if mask[j]]
     new = jax.jit(lambda old, tiers: slicing.aggregate_slices(old, rules, tiers))(full, tiers)
 
@@ -145,6 +151,48 @@ def _at(tree, path):
     return np.asarray(tree)
 
 
-def test_unknown_layer_is_refused():
-    with pytest.raises(ValueError, match="no slicing rule for layer 'attn'"):
-        slicing.channel_rules({"params": {"conv_0": {"kernel": jnp.zeros((3, 3, 1, 4))}, "attn": {"w": jnp.zeros(3)}}})
+class _Branches(nn.Module):
+    """Two conv branches concatenated, then a conv reading both: a GoogLeNet-style axis."""
+
+    ratio: float = 1.0
+    num_classes: int = 3
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        a = Conv(scaled_width(4, self.ratio), axes=(None, "a"), name="a")(x)
+        b = Conv(scaled_width(6, self.ratio), axes=(None, "b"), name="b")(x)
+        x = Conv(scaled_width(8, self.ratio), axes=("a+b", "c"), name="c")(jnp.concatenate([a, b], axis=-1))
+        return Dense(self.num_classes, axes=("c", None), name="head")(x.mean(axis=(1, 2)))
+
+
+def test_concatenated_axis_slices_each_branch_at_its_offset():
+    """A concatenated input axis takes branch a's kept channels, then branch b's shifted by a's
+    width; the sliced model equals the full one with every dropped channel's weights zeroed."""
+    register_model("branches_test", _Branches)
+    model = ModelSpec("branches_test", 3, (5, 5, 2))
+    assert model.unit_widths(0.5) == {"a": 2, "b": 3, "c": 4}
+    full = model.init(jax.random.key(0))
+    full = {"params": jax.tree.map(lambda x: x + 0.1, full["params"]), "batch_stats": {}}
+    rules = slicing.channel_rules(model)
+    idx = {"a": jnp.array([1, 3]), "b": jnp.array([0, 4, 5]), "c": jnp.array([2, 3, 6, 7])}
+    sub = slicing.gather(full, rules, idx)
+    np.testing.assert_array_equal(sub["params"]["c"]["kernel"], full["params"]["c"]["kernel"][:, :, [1, 3, 4, 8, 9]][..., [2, 3, 6, 7]])
+    zeroed, _ = slicing.embed(sub, rules, idx, full)
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 2))
+    np.testing.assert_allclose(model.apply(0.5, sub, x)[0], model.apply(1.0, zeroed, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_undeclared_variable_is_refused():
+    class Plain(nn.Module):
+        ratio: float = 1.0
+        num_classes: int = 2
+        conv_impl: str = "im2col"
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(self.num_classes, name="attn")(x.reshape(x.shape[0], -1))
+
+    register_model("undeclared_test", Plain)
+    with pytest.raises(ValueError, match=r"variable \['params'\]\['attn'\]\['bias'\] declares no width axes"):
+        ModelSpec("undeclared_test", 2, (3,)).unit_widths()

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +65,7 @@ def test_local_train_ignores_padding_steps(digits):
     images, labels = digits
     model = make_model("cnn", 10, (8, 8, 1), "im2col")
     variables = model.init(jax.random.key(0), 0.5)
-    apply = lambda v, x, train: model.apply(0.5, v, x, train)
+    apply = functools.partial(model.apply, 0.5)
     outs = []
     for cap in (64, 256):
         data = index_set(np.arange(40), cap)
@@ -76,7 +78,7 @@ def test_local_train_vmap_equals_loop_and_learns(digits):
     images, labels = digits
     model = make_model("cnn", 10, (8, 8, 1), "im2col")
     variables = model.init(jax.random.key(0), 1.0)
-    apply = lambda v, x, train: model.apply(1.0, v, x, train)
+    apply = functools.partial(model.apply, 1.0)
     sets = [index_set(np.arange(0, 300), 320), index_set(np.arange(300, 500), 320)]
     keys = jax.random.split(jax.random.key(2), 2)
     train = jax.jit(lambda d, k: local_train(apply, variables, images, labels, d, k, epochs=10, batch_size=32))

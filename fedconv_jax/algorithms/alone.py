@@ -11,7 +11,6 @@ client whose data is D. Client accuracy is that one model on every client's test
 """
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +19,14 @@ from fedconv_jax.algorithms.common import (
     BaselineState,
     baseline,
     client_keys,
-    client_metrics,
-    global_metrics,
-    phase_key,
-    screen_tiers,
     server_set,
     split_init_keys,
-    train_tier,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
 from fedconv_jax.core.participation import select_clients
-from fedconv_jax.core.sampling import sample_round_clients
+from fedconv_jax.core.skeleton import RoundSteps, global_evaluation, round_key
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.tuning import evaluate
 from fedconv_jax.core.types import PRNGKey
@@ -51,24 +45,28 @@ def init_standalone_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
     )
 
 
-def make_standalone_round_fn(cfg: RoundSpec) -> Callable:
-    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
-        data = sample_round_clients(state.key, state.round, data, hparams)
-        key = phase_key(state, "clients")
-        trained, accuracy = [], []
-        for t, ratio in enumerate(cfg.tier_ratios):
-            out, acc = train_tier(cfg, ratio, state.client_vars[t], data, t, client_keys(key, cfg, t), hparams["local_lr"])
-            trained.append(out)
-            accuracy.append(acc)
-        # Nothing is uploaded, but a dropped client misses the round and a poisoned or
-        # non-finite model is not kept: the same screen as every other algorithm.
-        trained, participating, screen_metrics = screen_tiers(state, data, hparams, state.client_vars, trained)
-        models = [select_clients(keep, out, old) for keep, out, old in zip(participating, trained, state.client_vars)]
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        metrics = {**client_metrics(data, accuracy), **screen_metrics, "global_accuracy": nan, "global_loss": nan}
-        return state.replace(client_vars=tuple(models), round=state.round + 1), metrics
+def keep_own_models(state: BaselineState, data: RoundData, hparams: HParams, uploads):
+    """Nothing is uploaded, but a dropped client misses the round and a poisoned or
+    non-finite model is not kept: participants keep what they trained, the others their old model."""
+    del hparams
+    models = tuple(select_clients(keep, out, old) for keep, out, old in zip(data.client_mask, uploads, state.client_vars))
+    return state.replace(client_vars=models), None, {}
 
-    return round_fn
+
+def no_global_model(state: BaselineState, data: RoundData):
+    del state, data
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    return {"global_accuracy": nan, "global_loss": nan}
+
+
+def standalone_steps(cfg: RoundSpec) -> RoundSteps:
+    return RoundSteps(
+        send=lambda state, data, hparams: (state, state.client_vars, {}),  # each client's own model
+        server=(("keep", keep_own_models),),
+        evaluate=no_global_model,
+        trained_ratio=lambda s: s,
+        per_client_start=True,
+    )
 
 
 def init_serveralone_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
@@ -78,38 +76,44 @@ def init_serveralone_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
     )
 
 
-def make_serveralone_round_fn(cfg: RoundSpec) -> Callable:
+def serveralone_round(cfg: RoundSpec, state: BaselineState, data: RoundData, hparams: HParams):
+    """Not federated, so not the shared skeleton: the server trains on D, then its model is
+    evaluated on every client's test split and the server test set."""
     apply_fn = functools.partial(cfg.model.apply, 1.0)
-
-    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
-        new = local_train(
-            apply_fn, state.global_vars, data.images, data.labels, server_set(data),
-            phase_key(state, "server"), epochs=cfg.local_epochs,
-            batch_size=cfg.local_batch_size, lr=hparams["local_lr"],
-        )
-        accuracy = [
-            jax.vmap(
-                lambda test_set: evaluate(lambda x: apply_fn(new, x)[0], data.images, data.labels, test_set, cfg.eval_chunk)[0]
-            )(data.client_test[t])
-            for t in range(len(cfg.tier_ratios))
-        ]
-        metrics = {**client_metrics(data, accuracy), **global_metrics(cfg, 1.0, new, data)}
-        return state.replace(global_vars=new, round=state.round + 1), metrics
-
-    return round_fn
+    new = local_train(
+        apply_fn, state.global_vars, data.images, data.labels, server_set(data),
+        round_key(state, "server"), epochs=cfg.local_epochs,
+        batch_size=cfg.local_batch_size, lr=hparams["local_lr"],
+    )
+    state = state.replace(global_vars=new)
+    accuracy = tuple(
+        jax.vmap(
+            lambda test_set: evaluate(lambda x: apply_fn(new, x)[0], data.images, data.labels, test_set, cfg.eval_chunk)[0]
+        )(data.client_test[t])
+        for t in range(len(cfg.tier_ratios))
+    )
+    counts = tuple(jnp.sum(t.mask, axis=-1) for t in data.client_test)
+    metrics = {"client_accuracy": accuracy, "client_test_count": counts, **global_evaluation(cfg, 1.0)(state, data)}
+    return state.replace(round=state.round + 1), metrics
 
 
 @register("standalone")
 def standalone(spec: RoundSpec) -> FederatedAlgorithm:
     return baseline(
-        "standalone", spec, functools.partial(init_standalone_state, spec), make_standalone_round_fn(spec),
-        lambda s: s, per_client=True, sends_model=False,
+        "standalone", spec, functools.partial(init_standalone_state, spec), standalone_steps(spec),
+        per_client=True, sends_model=False,
     )
 
 
 @register("serveralone")
 def serveralone(spec: RoundSpec) -> FederatedAlgorithm:
-    return baseline(
-        "serveralone", spec, functools.partial(init_serveralone_state, spec), make_serveralone_round_fn(spec),
-        lambda s: None, sends_model=False,
+    return FederatedAlgorithm(
+        name="serveralone",
+        spec=spec,
+        init=functools.partial(init_serveralone_state, spec),
+        round=functools.partial(serveralone_round, spec),
+        per_client_fields=(),
+        trained_ratio=lambda s: None,
+        digest=lambda state: (state.global_vars["params"], state.client_vars),
+        sends_model=False,
     )

@@ -1,9 +1,9 @@
-"""What every baseline round shares: its state, keys, tier training and the metrics it reports.
+"""What the baselines share: their state, their keys, pre-training on D, and how a baseline
+becomes a `FederatedAlgorithm` over the shared round skeleton (core.skeleton).
 
-Baselines run on the same `RoundSpec`, `RoundData` and tier layout as FedConv (tiers unrolled
-at trace time, each tier's clients vmapped or `lax.map`ped, the client axis sharded over
-`devices` as FedConv's is), and report the same metric keys,
-so `metrics.round_row`, the run loop and the comparison runner treat every algorithm alike.
+Baselines run on the same `RoundSpec`, `RoundData`, tier layout, client training, upload
+screen and metrics as FedConv, so the run loop, sharding, costs and the comparison runner
+treat every algorithm alike, and paired comparisons see the same random streams.
 """
 
 import functools
@@ -14,14 +14,17 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams
-from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import IndexSet, RoundData
-from fedconv_jax.core.participation import screen_uploads
-from fedconv_jax.core.sharding import map_clients_over_devices
+from fedconv_jax.core.skeleton import (
+    RoundSteps,
+    federated_round,
+    pretrain_on_server,
+    round_key,
+)
 from fedconv_jax.core.spec import RoundSpec
-from fedconv_jax.core.streams import slot_keys, stream_key
-from fedconv_jax.core.tuning import evaluate, make_optimizer, refresh_batch_stats, tune
-from fedconv_jax.core.types import Metrics, PRNGKey, Variables
+from fedconv_jax.core.streams import slot_keys
+from fedconv_jax.core.tuning import make_optimizer
+from fedconv_jax.core.types import PRNGKey
 
 
 @struct.dataclass
@@ -41,8 +44,8 @@ class BaselineState:
       key: the run's key; per-round keys come from named streams (core.streams).
     """
 
-    global_vars: Variables
-    client_vars: tuple[Variables, ...]
+    global_vars: dict
+    client_vars: tuple[dict, ...]
     round: jax.Array
     key: PRNGKey
 
@@ -56,13 +59,12 @@ def baseline(
     name: str,
     spec: RoundSpec,
     init: Callable[[PRNGKey], BaselineState],
-    round_fn: Callable,
-    trained_ratio: Callable[[float], float | None],
+    steps: RoundSteps,
     *,
     per_client: bool = False,
     sends_model: bool = True,
 ) -> FederatedAlgorithm:
-    """A baseline as a `FederatedAlgorithm` over `BaselineState`.
+    """A baseline as a `FederatedAlgorithm` whose round is the shared skeleton over `steps`.
 
     Args:
       per_client: `client_vars` holds the clients' own models, stacked over slots (laid out
@@ -72,12 +74,13 @@ def baseline(
         name=name,
         spec=spec,
         init=init,
-        round=round_fn,
+        round=functools.partial(federated_round, spec, steps),
         per_client_fields=("client_vars",) if per_client else (),
-        trained_ratio=trained_ratio,
+        trained_ratio=steps.trained_ratio,
         # standalone has no global model: the digest covers the clients' own models too
         digest=lambda state: (state.global_vars["params"], state.client_vars),
         sends_model=sends_model,
+        phased_round=lambda call: functools.partial(federated_round, spec, steps, call=call),
     )
 
 
@@ -89,73 +92,10 @@ def split_init_keys(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
     return k_model, k_round
 
 
-def phase_key(state: BaselineState, stream: str) -> PRNGKey:
-    """The round's key of a named stream: "clients" (the clients' data order, shared with
-    FedConv's clients), "pretrain" (pre-training on D, shared with FedConv), "slices", "server" (serveralone)."""
-    return stream_key(state.key, state.round, stream)
-
-
 def client_keys(key: PRNGKey, cfg: RoundSpec, tier: int) -> jax.Array:
     """One key per client slot of a tier, folded from (tier, slot) as FedConv's are: padding a
     tier's capacity up to a multiple of the device count leaves every real client's key as it was."""
     return slot_keys(key, tier, cfg.tier_capacity[tier])
-
-
-def broadcast_clients(variables: Variables, capacity: int) -> Variables:
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (capacity, *x.shape)), variables)
-
-
-def train_tier(
-    cfg: RoundSpec, ratio: float, start: Variables, data: RoundData, tier: int, keys: jax.Array, lr: jax.Array
-) -> tuple[Variables, jax.Array]:
-    """Local training of one tier's clients from `start` (stacked over slots), then each
-    trained model's accuracy on its client's own test split.
-
-    Returns:
-      (trained variables stacked over slots, accuracy (capacity,)).
-    """
-    apply_fn = functools.partial(cfg.model.apply, ratio)
-
-    def one_client(shared, variables, train_set, test_set, key):
-        images, labels, lr = shared
-        out = local_train(
-            apply_fn, variables, images, labels, train_set, key,
-            epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=lr,
-        )
-        acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, cfg.eval_chunk)
-        return out, acc
-
-    return map_clients_over_devices(
-        cfg.devices, cfg.client_parallelism, cfg.client_chunk, one_client, (data.images, data.labels, lr),
-        start, data.client_train[tier], data.client_test[tier], keys,
-    )
-
-
-def screen_tiers(state: BaselineState, data: RoundData, hparams: HParams, sent, trained):
-    """The shared upload screen (core.participation.screen_uploads: poisoning, dropout,
-    non-finite uploads) with the round's "dropout" and "poison" streams, FedConv's own.
-
-    Returns:
-      (screened uploads per tier, participating per tier, screen metrics).
-    """
-    keys = (phase_key(state, "dropout"), phase_key(state, "poison"))
-    return screen_uploads(
-        keys, data.client_mask, sent, trained, data.poisoned, hparams["dropout_rate"], hparams["poison_scale"]
-    )
-
-
-def client_metrics(data: RoundData, accuracy: list[jax.Array]) -> Metrics:
-    """The per-tier client accuracy and test counts `metrics.round_row` expects."""
-    counts = tuple(jnp.sum(t.mask, axis=-1) for t in data.client_test)
-    return {"client_accuracy": tuple(accuracy), "client_test_count": counts}
-
-
-def global_metrics(cfg: RoundSpec, ratio: float, variables: Variables, data: RoundData) -> Metrics:
-    acc, loss = evaluate(
-        lambda x: cfg.model.apply(ratio, variables, x)[0], data.images, data.labels,
-        data.server_test, cfg.eval_chunk,
-    )
-    return {"global_accuracy": acc, "global_loss": loss}
 
 
 def server_set(data: RoundData) -> IndexSet:
@@ -166,30 +106,23 @@ def server_set(data: RoundData) -> IndexSet:
     )
 
 
-def pretrain_on_server(
-    cfg: RoundSpec, ratio: float, state: BaselineState, data: RoundData, hparams: HParams, enabled: bool
-) -> Variables:
-    """Round 1 only: the global model pre-trained on D exactly as FedConv's is (`cfg.pretrain`,
-    held-out selection), when `enabled`; otherwise the global model unchanged.
+def pretrain_step(cfg: RoundSpec, ratio: float, enabled: bool) -> Callable | None:
+    """The skeleton's `prepare` of a baseline with a global model of width `ratio`: in round 1
+    only, the global model pre-trained on D exactly as FedConv's is (a fresh Adam), or None.
 
     The paper's baselines have no server data, so this is off by default; it separates what
     FedConv gains from D's pre-training from what it gains from its learned steps.
     """
-    gv = state.global_vars
     if not enabled or cfg.pretrain.epochs == 0:
-        return gv
-    apply_fn = functools.partial(cfg.model.apply, ratio)
+        return None
 
-    def run(_):
-        result = tune(
-            lambda p, x: apply_fn({"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
-            gv["params"], make_optimizer().init(gv["params"]), data.images, data.labels,
-            data.server_train, data.server_holdout, phase_key(state, "pretrain"), cfg.pretrain,
-            lr=hparams["pretrain_lr"],
-        )
-        return refresh_batch_stats(
-            apply_fn, {"params": result.params, "batch_stats": gv["batch_stats"]},
-            data.images, data.server_train, cfg.local_batch_size,
-        )
+    def prepare(state: BaselineState, data: RoundData, hparams: HParams) -> BaselineState:
+        gv = state.global_vars
 
-    return jax.lax.cond(state.round == 0, run, lambda _: gv, None)
+        def run(_):
+            opt = make_optimizer().init(gv["params"])
+            return pretrain_on_server(cfg, ratio, gv, opt, data, hparams, round_key(state, "pretrain"))[0]
+
+        return state.replace(global_vars=jax.lax.cond(state.round == 0, run, lambda _: gv, None))
+
+    return prepare

@@ -6,7 +6,6 @@ ignoring resource limits (an upper reference). Sample-weighted averaging, n_j / 
 """
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,21 +13,14 @@ import jax.numpy as jnp
 from fedconv_jax.algorithms.common import (
     BaselineState,
     baseline,
-    broadcast_clients,
-    client_keys,
-    client_metrics,
-    global_metrics,
-    phase_key,
-    pretrain_on_server,
     pretrain_option,
-    screen_tiers,
+    pretrain_step,
     split_init_keys,
-    train_tier,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.averaging import weighted_average
 from fedconv_jax.core.data import RoundData
-from fedconv_jax.core.sampling import sample_round_clients
+from fedconv_jax.core.skeleton import RoundSteps, global_evaluation
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.types import PRNGKey
 
@@ -50,36 +42,33 @@ def init_fedavg_state(cfg: RoundSpec, key: PRNGKey, variant: str) -> BaselineSta
     )
 
 
-def make_fedavg_round_fn(cfg: RoundSpec, variant: str, pretrain: bool = False) -> Callable:
+def average_uploads(state: BaselineState, data: RoundData, hparams: HParams, uploads):
+    """The next global model: sample-weighted average of the participants' uploads (the
+    previous one if nobody took part)."""
+    del hparams
+    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *uploads)
+    mask = jnp.concatenate(data.client_mask)
+    new = weighted_average(stacked, jnp.concatenate(data.num_samples), mask)
+    new = jax.tree.map(lambda a, b: jnp.where(jnp.any(mask), a, b), new, state.global_vars)
+    return state.replace(global_vars=new), None, {}
+
+
+def fedavg_steps(cfg: RoundSpec, variant: str, pretrain: bool = False) -> RoundSteps:
     ratio = fedavg_ratio(cfg, variant)
-
-    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
-        data = sample_round_clients(state.key, state.round, data, hparams)
-        state = state.replace(global_vars=pretrain_on_server(cfg, ratio, state, data, hparams, pretrain))
-        key = phase_key(state, "clients")
-        sent, trained, accuracy = [], [], []
-        for t, capacity in enumerate(cfg.tier_capacity):
-            start = broadcast_clients(state.global_vars, capacity)
-            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t), hparams["local_lr"])
-            sent.append(start)
-            trained.append(out)
-            accuracy.append(acc)
-        trained, participating, screen_metrics = screen_tiers(state, data, hparams, sent, trained)
-        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *trained)
-        mask = jnp.concatenate(participating)
-        new = weighted_average(stacked, jnp.concatenate(data.num_samples), mask)
-        new = jax.tree.map(lambda a, b: jnp.where(jnp.any(mask), a, b), new, state.global_vars)  # nobody: keep
-        metrics = {**client_metrics(data, accuracy), **screen_metrics, **global_metrics(cfg, ratio, new, data)}
-        return state.replace(global_vars=new, round=state.round + 1), metrics
-
-    return round_fn
+    tiers = len(cfg.tier_ratios)
+    return RoundSteps(
+        send=lambda state, data, hparams: (state, (state.global_vars,) * tiers, {}),
+        server=(("aggregate", average_uploads),),
+        evaluate=global_evaluation(cfg, ratio),
+        trained_ratio=lambda s: ratio,
+        prepare=pretrain_step(cfg, ratio, pretrain),
+    )
 
 
 def _fedavg(variant: str, spec: RoundSpec, pretrain: bool = False) -> FederatedAlgorithm:
-    ratio = fedavg_ratio(spec, variant)
     return baseline(
         f"fedavg_{variant}", spec, functools.partial(init_fedavg_state, spec, variant=variant),
-        make_fedavg_round_fn(spec, variant, pretrain), lambda s: ratio,
+        fedavg_steps(spec, variant, pretrain),
     )
 
 

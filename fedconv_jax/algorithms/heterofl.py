@@ -1,7 +1,7 @@
 """Channel-slice baselines (SPEC §7): HeteroFL, FedRolex and Federated Dropout.
 
 A client of ratio s trains the global model restricted to k_u = floor(s * C_u) channels of
-every conv layer (`slicing.py` gives the rules); the server averages every element over the
+every width unit (`slicing.py` gives the rules); the server averages every element over the
 clients that hold it (plain counts, as in HeteroFL), and elements nobody holds keep their
 value. The three differ only in which channels a client gets:
   - heterofl:   the first k_u channels, every round (nested, static);
@@ -12,7 +12,6 @@ compiled round from `state.round` and keys, so the rolling and random variants n
 """
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,20 +21,16 @@ from fedconv_jax.algorithms.common import (
     BaselineState,
     baseline,
     client_keys,
-    client_metrics,
-    global_metrics,
-    phase_key,
-    pretrain_on_server,
     pretrain_option,
-    screen_tiers,
+    pretrain_step,
     split_init_keys,
-    train_tier,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.data import RoundData
-from fedconv_jax.core.sampling import sample_round_clients
+from fedconv_jax.core.skeleton import RoundSteps, global_evaluation, round_key
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.types import PRNGKey
+from fedconv_jax.models import kept_widths
 
 POLICIES = {"heterofl": "nested", "fedrolex": "rolling", "feddropout": "random"}
 
@@ -47,53 +42,56 @@ def init_slice_state(cfg: RoundSpec, key: PRNGKey) -> BaselineState:
     )
 
 
-def tier_indices(
-    cfg: RoundSpec, policy: str, state: BaselineState, tier: int
-) -> tuple[jax.Array, ...]:
-    """Per unit, the (capacity, k_u) channel indices of a tier's clients this round."""
-    full = jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0))
+def tier_indices(cfg: RoundSpec, policy: str, state: BaselineState, tier: int) -> dict[str, jax.Array]:
+    """Per width unit, the (capacity, k_u) channel indices of a tier's clients this round."""
     ratio, capacity = cfg.tier_ratios[tier], cfg.tier_capacity[tier]
-    sub = jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), ratio))
-    widths, kept = slicing.unit_widths(full), slicing.kept_widths(full, sub)
+    widths = cfg.model.unit_widths(1.0)
+    kept = kept_widths(widths, cfg.model.unit_widths(ratio))
     if policy == "nested" or ratio == 1.0:
         return slicing.nested_indices(widths, kept, capacity)
     if policy == "rolling":
         return slicing.rolling_indices(widths, kept, capacity, state.round)
     if policy == "random":
-        return slicing.random_indices(widths, kept, client_keys(phase_key(state, "slices"), cfg, tier))
+        return slicing.random_indices(widths, kept, client_keys(round_key(state, "slices"), cfg, tier))
     raise ValueError(f"slice policy={policy!r} is not known; allowed: nested, rolling, random")
 
 
-def make_slice_round_fn(cfg: RoundSpec, algorithm: str, pretrain: bool = False) -> Callable:
+def slice_steps(cfg: RoundSpec, algorithm: str, pretrain: bool = False) -> RoundSteps:
     policy = POLICIES[algorithm]
-    rules = slicing.channel_rules(jax.eval_shape(lambda: cfg.model.init(jax.random.key(0), 1.0)))
+    rules = slicing.channel_rules(cfg.model)
 
-    def round_fn(state: BaselineState, data: RoundData, hparams: HParams):
-        data = sample_round_clients(state.key, state.round, data, hparams)
-        state = state.replace(global_vars=pretrain_on_server(cfg, 1.0, state, data, hparams, pretrain))
-        key = phase_key(state, "clients")
-        sent, trained, indices, accuracy = [], [], [], []
-        for t, ratio in enumerate(cfg.tier_ratios):
-            idx = tier_indices(cfg, policy, state, t)
-            start = jax.vmap(lambda i: slicing.gather(state.global_vars, rules, i))(idx)
-            out, acc = train_tier(cfg, ratio, start, data, t, client_keys(key, cfg, t), hparams["local_lr"])
-            sent.append(start)
-            trained.append(out)
-            indices.append(idx)
-            accuracy.append(acc)
-        trained, participating, screen_metrics = screen_tiers(state, data, hparams, sent, trained)
-        tiers = [(out, idx, keep.astype(jnp.float32)) for out, idx, keep in zip(trained, indices, participating)]
-        new = slicing.aggregate_slices(state.global_vars, rules, tiers)
-        metrics = {**client_metrics(data, accuracy), **screen_metrics, **global_metrics(cfg, 1.0, new, data)}
-        return state.replace(global_vars=new, round=state.round + 1), metrics
+    def send(state: BaselineState, data: RoundData, hparams: HParams):
+        """Each client slot gets its own slice of the global model."""
+        del data, hparams
+        sent = tuple(
+            jax.vmap(lambda i: slicing.gather(state.global_vars, rules, i))(tier_indices(cfg, policy, state, t))
+            for t in range(len(cfg.tier_ratios))
+        )
+        return state, sent, {}
 
-    return round_fn
+    def aggregate(state: BaselineState, data: RoundData, hparams: HParams, uploads):
+        """Every element averaged over the participants that hold it (the same indices as
+        `send`: they are a function of the state and the tier)."""
+        del hparams
+        tiers = [
+            (out, tier_indices(cfg, policy, state, t), data.client_mask[t].astype(jnp.float32))
+            for t, out in enumerate(uploads)
+        ]
+        return state.replace(global_vars=slicing.aggregate_slices(state.global_vars, rules, tiers)), None, {}
+
+    return RoundSteps(
+        send=send,
+        server=(("aggregate", aggregate),),
+        evaluate=global_evaluation(cfg, 1.0),
+        trained_ratio=lambda s: s,
+        prepare=pretrain_step(cfg, 1.0, pretrain),
+        per_client_start=True,
+    )
 
 
 def _slices(algorithm: str, spec: RoundSpec, pretrain: bool = False) -> FederatedAlgorithm:
     return baseline(
-        algorithm, spec, functools.partial(init_slice_state, spec), make_slice_round_fn(spec, algorithm, pretrain),
-        lambda s: s,
+        algorithm, spec, functools.partial(init_slice_state, spec), slice_steps(spec, algorithm, pretrain)
     )
 
 

@@ -10,8 +10,8 @@ from fedconv_jax.core.data import IndexSet
 from fedconv_jax.core.tuning import masked_cross_entropy, shuffled_batches
 from fedconv_jax.core.types import PRNGKey, Variables
 
-# apply_fn(variables, images, train) -> (logits, batch_stats)
-ApplyFn = Callable[[Variables, jax.Array, bool], tuple[jax.Array, dict]]
+# apply_fn(variables, images, train, *, rng) -> (logits, batch_stats); rng feeds dropout
+ApplyFn = Callable[..., tuple[jax.Array, dict]]
 
 
 def local_train(
@@ -31,15 +31,16 @@ def local_train(
     Clients of different sizes share one compiled shape: every client runs
     ceil(capacity / batch_size) steps per epoch, and steps whose batch is all padding leave
     parameters, BatchNorm statistics and Adam's moments untouched. A fresh Adam per round,
-    as in the reference code.
+    as in the reference code. Each step's model rng (dropout) is drawn from the epoch's key
+    apart from its batch order, so models without dropout see the same batches.
     """
     optimizer = optax.adam(lr)
 
-    def train_step(carry, idx, mask):
+    def train_step(carry, idx, mask, rng):
         params, stats, opt_state = carry
 
         def loss(p):
-            logits, new_stats = apply_fn({"params": p, "batch_stats": stats}, images[idx], True)
+            logits, new_stats = apply_fn({"params": p, "batch_stats": stats}, images[idx], True, rng=rng)
             return masked_cross_entropy(logits, labels[idx], mask), new_stats
 
         grads, new_stats = jax.grad(loss, has_aux=True)(params)
@@ -47,15 +48,17 @@ def local_train(
         return optax.apply_updates(params, updates), new_stats, new_opt_state
 
     def step(carry, batch):
-        idx, mask = batch
+        (idx, mask), rng = batch
         # A client smaller than its tier's capacity ends every epoch with all-padding
         # batches; `cond` skips their work when clients run one by one (`lax.map`); under
         # `vmap` it becomes a select, computing both branches as before.
-        carry = jax.lax.cond(jnp.any(mask), train_step, lambda c, *_: c, carry, idx, mask)
+        carry = jax.lax.cond(jnp.any(mask), train_step, lambda c, *_: c, carry, idx, mask, rng)
         return carry, None
 
     def epoch(carry, k):
-        carry, _ = jax.lax.scan(step, carry, shuffled_batches(k, data, batch_size))
+        batches = shuffled_batches(k, data, batch_size)
+        rngs = jax.random.split(jax.random.fold_in(k, 1), batches.idx.shape[0])
+        carry, _ = jax.lax.scan(step, carry, (batches, rngs))
         return carry, None
 
     carry = (variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))

@@ -1,26 +1,21 @@
 """The paper's MNIST CNN (SPEC §6) at any width ratio, with an optional BatchNorm variant."""
 
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fedconv_jax.models.layers import Conv, max_pool_2x2
-
-
-def scaled_width(width: int, ratio: float) -> int:
-    """floor(width * ratio), robust to float error (0.3 * 10 must give 3, not 2)."""
-    return math.floor(width * ratio + 1e-6)
+from fedconv_jax.models.axes import scaled_width
+from fedconv_jax.models.layers import BatchNorm, Conv, Dense, max_pool_2x2
 
 
 class CNN(nn.Module):
     """conv3x3 -> ReLU -> maxpool2, repeated per entry of `features`, then one dense layer.
 
-    Every layer width is floor(width * ratio). The flatten before the dense layer is
-    channel-major (PyTorch order): the first D' rows of the dense kernel then belong to the
-    first channels, so slicing filters keep matching channels across layers.
+    Every conv layer is a unit of width floor(width * ratio). The flatten before the dense
+    layer is channel-major (PyTorch order) and declared so ("conv_<last>*pixels"): slicing
+    and filters then keep the dense rows of the channels they keep.
 
     Attributes:
       ratio: width ratio (the client's shrinkage ratio), in (0, 1].
@@ -38,10 +33,14 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        previous = None  # the image's channels never scale
         for i, feat in enumerate(self.features):
-            x = Conv(scaled_width(feat, self.ratio), impl=self.conv_impl, name=f"conv_{i}")(x)
+            unit = f"conv_{i}"
+            x = Conv(scaled_width(feat, self.ratio), axes=(previous, unit), impl=self.conv_impl, name=unit)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn_{i}")(x)
+                x = BatchNorm(unit, name=f"bn_{i}")(x, train)
             x = max_pool_2x2(nn.relu(x))
+            previous = unit
+        pixels = x.shape[1] * x.shape[2]
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # channel-major flatten
-        return nn.Dense(self.num_classes, name="head")(x)
+        return Dense(self.num_classes, axes=(f"{previous}*{pixels}", None), name="head")(x)

@@ -3,12 +3,15 @@
 On XLA:CPU the gradient of `lax.conv` inside `lax.scan`/`vmap` runs many times slower than a
 plain jitted step, while an im2col convolution (pad, k*k shifted slices, one matmul) stays fast
 (benchmarks/README.md). Both implementations share one parameter layout (HWIO), so a model can
-switch between them without touching its parameters.
+switch between them without touching its parameters. Every layer declares the width axes of
+its variables (models/axes.py).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from fedconv_jax.models.axes import declare
 
 CONV_IMPLS = ("auto", "im2col", "lax")
 
@@ -22,49 +25,133 @@ def resolve_conv_impl(impl: str) -> str:
     return "im2col" if jax.default_backend() == "cpu" else "lax"
 
 
-def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """SAME, stride-1 convolution as one matmul. x: (N, H, W, I); kernel: (kh, kw, I, O).
+Padding = str | int  # "SAME", "VALID" or symmetric zero padding of that many pixels
+
+
+def conv_geometry(size: int, kernel: int, stride: int, padding: Padding) -> tuple[int, int, int]:
+    """(pad before, pad after, output size) of one spatial axis, as `lax.conv` pads."""
+    if padding == "SAME":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2, out
+    if padding == "VALID":
+        return 0, 0, (size - kernel) // stride + 1
+    if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+        return padding, padding, (size + 2 * padding - kernel) // stride + 1
+    raise ValueError(f"padding={padding!r} is not known; allowed: SAME, VALID or an integer >= 0")
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = "SAME") -> jax.Array:
+    """2-D convolution as one matmul. x: (N, H, W, I); kernel: (kh, kw, I, O).
 
     With one input channel the patch matrix would have only kh*kw columns, a matmul shape
     XLA:CPU runs at a fraction of its rate; there the k*k shifted rank-1 products are summed
     instead (one fused elementwise loop; benchmarks/README.md, "Client step profile").
     """
     kh, kw, cin, cout = kernel.shape
-    pad_h, pad_w = (kh - 1) // 2, (kw - 1) // 2
-    padded = jnp.pad(x, ((0, 0), (pad_h, kh - 1 - pad_h), (pad_w, kw - 1 - pad_w), (0, 0)))
-    height, width = x.shape[1], x.shape[2]
-    patches = [padded[:, a : a + height, b : b + width, :] for a in range(kh) for b in range(kw)]
+    top, bottom, height = conv_geometry(x.shape[1], kh, strides, padding)
+    left, right, width = conv_geometry(x.shape[2], kw, strides, padding)
+    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    rows, cols = strides * (height - 1) + 1, strides * (width - 1) + 1
+    patches = [
+        padded[:, a : a + rows : strides, b : b + cols : strides, :] for a in range(kh) for b in range(kw)
+    ]
     if cin == 1:
         taps = kernel.reshape(kh * kw, 1, cout)
         return sum(patch @ tap for patch, tap in zip(patches, taps))
-    patches = jnp.concatenate(patches, axis=-1)  # (N, H, W, kh*kw*I), tap-major like the kernel
+    patches = jnp.concatenate(patches, axis=-1)  # (N, H', W', kh*kw*I), tap-major like the kernel
     return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
-def lax_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """SAME, stride-1 convolution with `lax.conv_general_dilated` (fastest on GPU/TPU)."""
+def lax_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = "SAME") -> jax.Array:
+    """The same convolution with `lax.conv_general_dilated` (fastest on GPU/TPU)."""
+    pads = [conv_geometry(n, k, strides, padding)[:2] for n, k in zip(x.shape[1:3], kernel.shape[:2])]
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel, window_strides=(strides, strides), padding=pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
 class Conv(nn.Module):
-    """A SAME, stride-1 2-D convolution with bias and a switchable implementation."""
+    """A 2-D convolution with a switchable implementation and declared width axes.
+
+    Attributes:
+      features: output channels.
+      axes: width-axis names (models/axes.py) of (input channels, output channels); the
+        bias follows the output channels.
+      kernel_size, strides, padding: as `lax.conv` ("SAME", "VALID" or an integer).
+      use_bias: add a bias (convolutions followed by BatchNorm usually have none).
+      impl: "im2col" or "lax" (module docstring).
+    """
 
     features: int
+    axes: tuple[str | None, str | None] = (None, None)
     kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    padding: Padding = "SAME"
+    use_bias: bool = True
     impl: str = "im2col"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
             "kernel",
-            nn.initializers.lecun_normal(),
+            declare(nn.initializers.lecun_normal(), None, None, *self.axes),
             (*self.kernel_size, x.shape[-1], self.features),
         )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         conv = im2col_conv if self.impl == "im2col" else lax_conv
-        return conv(x, kernel) + bias
+        y = conv(x, kernel, self.strides, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", declare(nn.initializers.zeros_init(), self.axes[1]), (self.features,))
+        return y
+
+
+class Dense(nn.Module):
+    """x @ kernel + bias with declared width axes ((input features, output features))."""
+
+    features: int
+    axes: tuple[str | None, str | None] = (None, None)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", declare(nn.initializers.lecun_normal(), *self.axes), (x.shape[-1], self.features)
+        )
+        bias = self.param("bias", declare(nn.initializers.zeros_init(), self.axes[1]), (self.features,))
+        return x @ kernel + bias
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over all axes but the last, with declared width axes.
+
+    The same arithmetic as `flax.linen.BatchNorm` (fast variance, rsqrt(var + eps) * scale),
+    whose running statistics carry no axis metadata. State is in "batch_stats".
+
+    Attributes:
+      axis: width-axis name of the channels.
+      momentum: running statistics keep this share of their previous value.
+    """
+
+    axis: str | None = None
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        features = (x.shape[-1],)
+        mean = self.variable("batch_stats", "mean", declare(nn.initializers.zeros_init(), self.axis), None, features)
+        var = self.variable("batch_stats", "var", declare(nn.initializers.ones_init(), self.axis), None, features)
+        scale = self.param("scale", declare(nn.initializers.ones_init(), self.axis), features)
+        bias = self.param("bias", declare(nn.initializers.zeros_init(), self.axis), features)
+        if train:
+            reduce = tuple(range(x.ndim - 1))
+            batch_mean = jnp.mean(x, reduce)
+            batch_var = jnp.maximum(jnp.mean(jnp.square(x), reduce) - jnp.square(batch_mean), 0.0)
+            if not self.is_initializing():
+                mean.value = self.momentum * mean.value + (1 - self.momentum) * batch_mean
+                var.value = self.momentum * var.value + (1 - self.momentum) * batch_var
+        else:
+            batch_mean, batch_var = mean.value, var.value
+        return (x - batch_mean) * (jax.lax.rsqrt(batch_var + self.epsilon) * scale) + bias
 
 
 @jax.custom_vjp

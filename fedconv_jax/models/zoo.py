@@ -1,15 +1,41 @@
-"""A registry of models and the one functional interface the federated code uses."""
+"""The model registry and the one functional interface the federated code uses.
+
+A family is a Flax module class (or a `functools.partial` of one, as flax's imagenet example
+builds ResNet18) taking `ratio`, `num_classes` and `conv_impl`, whose layers declare their
+width axes (models/axes.py). Register it with one line at the end of this file.
+"""
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from fedconv_jax.core.types import PRNGKey, Variables
+from fedconv_jax.models.axes import scaled_width, split_declared, unit_widths
 from fedconv_jax.models.cnn import CNN
 from fedconv_jax.models.layers import resolve_conv_impl
 
-MODELS = ("cnn", "cnn_bn")
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
+_EXAMPLE_INPUTS: dict[str, tuple[int, ...]] = {}
+
+
+def register_model(name: str, family: Callable[..., nn.Module], example_input: tuple[int, ...] = (28, 28, 1)) -> None:
+    """Registers a model family under `name` (the `model` config field).
+
+    `example_input` is one example's shape the family builds on, used to read its unit
+    widths before any data is loaded (config validation).
+    """
+    if name in _FAMILIES:
+        raise ValueError(f"model {name!r} is registered twice")
+    _FAMILIES[name] = family
+    _EXAMPLE_INPUTS[name] = tuple(example_input)
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(_FAMILIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,38 +48,71 @@ class ModelSpec:
 
     name: str
     num_classes: int
-    input_shape: tuple[int, int, int]  # (H, W, C) of one example
+    input_shape: tuple[int, ...]  # one example, e.g. (H, W, C)
     conv_impl: str = "im2col"
 
     def __post_init__(self):
-        if self.name not in MODELS:
-            raise ValueError(f"model={self.name!r} is not known; allowed: {', '.join(MODELS)}")
+        if self.name not in _FAMILIES:
+            raise ValueError(f"model={self.name!r} is not known; allowed: {', '.join(_FAMILIES)}")
 
-    def build(self, ratio: float) -> CNN:
-        return CNN(
-            ratio=ratio,
-            num_classes=self.num_classes,
-            batch_norm=self.name == "cnn_bn",
-            conv_impl=self.conv_impl,
-        )
+    def build(self, ratio: float) -> nn.Module:
+        return _FAMILIES[self.name](ratio=ratio, num_classes=self.num_classes, conv_impl=self.conv_impl)
 
-    def init(self, key: PRNGKey, ratio: float = 1.0) -> Variables:
+    def _declared_init(self, key: PRNGKey, ratio: float):
         dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
         variables = self.build(ratio).init(key, dummy, train=False)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
+    def init(self, key: PRNGKey, ratio: float = 1.0) -> Variables:
+        return split_declared(self._declared_init(key, ratio))[0]
+
+    def width_axes(self, ratio: float = 1.0):
+        """Per variable, one declaration per axis (models/axes.py), shaped like `init`'s tree."""
+        return _shapes_and_axes(self, ratio)[1]
+
+    def unit_widths(self, ratio: float = 1.0) -> dict[str, int]:
+        """Every width unit's channel count at `ratio`, in declaration order."""
+        return unit_widths(*_shapes_and_axes(self, ratio))
+
+    def narrowest_ratio(self) -> float:
+        """The smallest ratio at which no unit has zero width."""
+        return 1.0 / min(self.unit_widths(1.0).values())
+
+    def fits(self, ratio: float) -> bool:
+        """No unit of the model at `ratio` has zero width."""
+        return all(scaled_width(w, ratio) >= 1 for w in self.unit_widths(1.0).values())
+
     def apply(
-        self, ratio: float, variables: Variables, images: jax.Array, train: bool = False
+        self, ratio: float, variables: Variables, images: jax.Array, train: bool = False, *, rng: PRNGKey | None = None
     ) -> tuple[jax.Array, dict]:
-        """Returns (logits, batch_stats); batch_stats is updated only when `train`."""
+        """Returns (logits, batch_stats); batch_stats is updated only when `train`.
+
+        `rng` feeds the model's "dropout" stream (models without dropout ignore it).
+        """
         model = self.build(ratio)
+        rngs = {"dropout": rng} if rng is not None else None
         if train and variables["batch_stats"]:
-            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
             return logits, updates["batch_stats"]
-        return model.apply(variables, images, train=train), variables["batch_stats"]
+        return model.apply(variables, images, train=train, rngs=rngs), variables["batch_stats"]
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes_and_axes(model: ModelSpec, ratio: float):
+    boxed = jax.eval_shape(lambda: model._declared_init(jax.random.key(0), ratio))
+    return split_declared(boxed)
+
+
+def example_model(name: str) -> ModelSpec:
+    """The family `name` on its example input (10 classes): its unit widths, without data."""
+    return ModelSpec(name, 10, _EXAMPLE_INPUTS.get(name, ()), "im2col")
 
 
 def make_model(
-    name: str, num_classes: int, input_shape: tuple[int, int, int], conv_impl: str = "auto"
+    name: str, num_classes: int, input_shape: tuple[int, ...], conv_impl: str = "auto"
 ) -> ModelSpec:
     return ModelSpec(name, num_classes, tuple(input_shape), resolve_conv_impl(conv_impl))
+
+
+register_model("cnn", CNN)
+register_model("cnn_bn", functools.partial(CNN, batch_norm=True))

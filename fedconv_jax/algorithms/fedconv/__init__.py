@@ -7,7 +7,7 @@ Modules: `filters` (the convolutions over parameter tensors), `compression` (Eq.
 import functools
 from collections.abc import Mapping
 
-from fedconv_jax.algorithms.fedconv.filters import FilterConfig
+from fedconv_jax.algorithms.fedconv.filters import FilterConfig, check_tap_axes
 from fedconv_jax.algorithms.fedconv.round import (
     FEDCONV_HPARAMS,
     PHASES,
@@ -54,6 +54,7 @@ def _options(config: Mapping) -> dict:
 def fedconv(spec: RoundSpec, **settings) -> FederatedAlgorithm:
     """FedConv over `spec`; `settings` are `FedConvConfig`'s fields."""
     cfg = FedConvSpec(**spec_fields(spec), **settings)
+    check_tap_axes(cfg.model.width_axes())
     return FederatedAlgorithm(
         name="fedconv",
         spec=cfg,

@@ -25,6 +25,12 @@ def compress(global_params: Params, filters: Params, config: FilterConfig) -> Pa
     return apply_filters(filters, global_params, config, transpose=False)
 
 
+def leading_block(shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The first `shape[i]` entries of every axis: where a unit's first channels sit."""
+    return tuple(slice(0, n) for n in shape)
+
+
 def compress_batch_stats(global_stats: Params, sub_stats_like: Params) -> Params:
-    """BatchNorm running statistics: the first O' entries (SPEC §3 table, last row)."""
-    return jax.tree.map(lambda g, s: g[: s.shape[0]], global_stats, sub_stats_like)
+    """BatchNorm running statistics: the first O' entries of every width axis (SPEC §3
+    table, last row); the model's declared width axes keep a unit's first channels."""
+    return jax.tree.map(lambda g, s: g[leading_block(s.shape)], global_stats, sub_stats_like)

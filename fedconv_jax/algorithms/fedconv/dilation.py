@@ -2,6 +2,7 @@
 
 import jax
 
+from fedconv_jax.algorithms.fedconv.compression import leading_block
 from fedconv_jax.algorithms.fedconv.filters import (
     FilterConfig,
     apply_filters,
@@ -29,4 +30,4 @@ def dilate_batch_stats(sub_stats: Params, global_stats: Params) -> Params:
     """Running statistics back at global width: the client's first O' entries, the previous
     global model's elsewhere. The round re-estimates them on the server data afterwards
     (the reference code resets them to ones instead)."""
-    return jax.tree.map(lambda s, g: g.at[: s.shape[0]].set(s), sub_stats, global_stats)
+    return jax.tree.map(lambda s, g: g.at[leading_block(s.shape)].set(s), sub_stats, global_stats)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedconv_jax.core.types import Params, PRNGKey
+from fedconv_jax.models.axes import is_leaf_axes
 
 PRE_PROJECTIONS = ("paper", "affine")
 RESIDUALS = ("all", "conv", "none")
@@ -97,6 +98,23 @@ def filter_kernel_shape(big: tuple[int, ...], small: tuple[int, ...]) -> tuple[i
     if rows < 1 or cols < 1:
         raise ValueError(f"sub-model tensor {small} is larger than its global tensor {big}")
     return big_taps[0], rows, cols
+
+
+def check_tap_axes(width_axes) -> None:
+    """Refuses a model whose width scales along a tap axis (any axis but the last two).
+
+    Filters map each tap image (the last two axes) on its own, so every leading axis must
+    keep its size: a ResNet or GoogLeNet conv kernel (kh, kw, I, O) qualifies; a kernel
+    (D, heads, head_dim) with scaled heads does not. `width_axes` is the model's declaration
+    (`ModelSpec.width_axes()`).
+    """
+    for path, axes in jax.tree_util.tree_flatten_with_path(width_axes, is_leaf=is_leaf_axes)[0]:
+        scaled = [i for i, decl in enumerate(axes[:-2]) if decl is not None]
+        if scaled:
+            raise ValueError(
+                f"FedConv filters keep the leading (tap) axes of {jax.tree_util.keystr(path)} whole, but its axis "
+                f"{scaled[0]} scales with width ({axes[scaled[0]]}); declare the width on the last two axes"
+            )
 
 
 # --------------------------------------------------------------------------- one tap

@@ -35,13 +35,19 @@ from fedconv_jax.algorithms.fedconv.dilation import (
 from fedconv_jax.algorithms.fedconv.filters import FilterConfig
 from fedconv_jax.core.algorithm import HParams, PhaseCall
 from fedconv_jax.core.averaging import weighted_average
-from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
-from fedconv_jax.core.participation import screen_uploads, select_clients
-from fedconv_jax.core.sampling import sample_round_clients
+from fedconv_jax.core.participation import select_clients
 from fedconv_jax.core.sharding import map_clients_over_devices
+from fedconv_jax.core.skeleton import (
+    RoundSteps,
+    federated_round,
+    global_evaluation,
+    pretrain_on_server,
+    round_key,
+    scoped_call,
+)
 from fedconv_jax.core.spec import RoundSpec
-from fedconv_jax.core.streams import slot_keys, stream_key
+from fedconv_jax.core.streams import slot_keys
 from fedconv_jax.core.tuning import (
     TuningConfig,
     evaluate,
@@ -49,7 +55,7 @@ from fedconv_jax.core.tuning import (
     refresh_batch_stats,
     tune,
 )
-from fedconv_jax.core.types import Metrics, Params, PRNGKey, Variables
+from fedconv_jax.core.types import Params, PRNGKey, Variables
 
 AGGREGATIONS = ("learned", "mean")
 PHASES = ("pretrain", "compress", "clients", "dilate", "aggregate", "evaluate")
@@ -147,7 +153,7 @@ def init_server_state(cfg: FedConvSpec, key: PRNGKey) -> ServerState:
 
 def _phase_key(state: ServerState, phase: str) -> PRNGKey:
     """Keys depend on (seed, round, stream) only, so fused and phase-separated runs agree."""
-    return stream_key(state.key, state.round, phase)
+    return round_key(state, phase)
 
 
 def _map_clients(cfg: FedConvSpec, fn: Callable, shared, *xs):
@@ -162,15 +168,6 @@ def _logits_at(cfg: FedConvSpec, ratio: float, variables: Variables) -> Callable
     return lambda x: cfg.model.apply(ratio, variables, x)[0]
 
 
-def sample_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams) -> RoundData:
-    """This round's participants: `clients_per_round` of the present clients (or all).
-
-    Returns `data` with `client_mask` set to the drawn clients (per tier, (capacity,) bool).
-    """
-    del cfg
-    return sample_round_clients(state.key, state.round, data, hparams)
-
-
 def pretrain_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams) -> ServerState:
     """Pre-trains the global model on D (round 1 only, unless `pretrain_every_round`).
 
@@ -179,25 +176,15 @@ def pretrain_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparam
     """
     if cfg.pretrain.epochs == 0:
         return state
-    gv = state.global_vars
 
     def run(_):
-        result = tune(
-            lambda p, x: cfg.model.apply(1.0, {"params": p, "batch_stats": gv["batch_stats"]}, x)[0],
-            gv["params"], state.pretrain_opt, data.images, data.labels,
-            data.server_train, data.server_holdout, _phase_key(state, "pretrain"), cfg.pretrain,
-            lr=hparams["pretrain_lr"],
-        )
-        new_vars = refresh_batch_stats(
-            _apply_at(cfg, 1.0), {"params": result.params, "batch_stats": gv["batch_stats"]},
-            data.images, data.server_train, cfg.local_batch_size,
-        )
-        return new_vars, result.opt_state
+        key = _phase_key(state, "pretrain")
+        return pretrain_on_server(cfg, 1.0, state.global_vars, state.pretrain_opt, data, hparams, key)
 
     if cfg.pretrain_every_round:
         new_vars, opt = run(None)
     else:
-        new_vars, opt = jax.lax.cond(state.round == 0, run, lambda _: (gv, state.pretrain_opt), None)
+        new_vars, opt = jax.lax.cond(state.round == 0, run, lambda _: (state.global_vars, state.pretrain_opt), None)
     return state.replace(global_vars=new_vars, pretrain_opt=opt)
 
 
@@ -238,43 +225,6 @@ def compress_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparam
         metrics[f"compress/{ratio:g}/test_accuracy"] = acc
     state = state.replace(compression=tuple(filters), compression_opt=tuple(opts))
     return state, tuple(subs), metrics
-
-
-def clients_phase(
-    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, subs: tuple[Variables, ...]
-):
-    """Every client trains the sub-model of its tier on its own data, then the uploads are
-    screened (poisoning, dropout, non-finite uploads).
-
-    Returns:
-      (per tier the screened uploads stacked over the tier's slots, metrics with each
-      client's accuracy on its own test split and `participating`, per tier (capacity,) bool).
-    """
-    key = _phase_key(state, "clients")
-    trained, accuracy, test_counts = [], [], []
-    for t, ratio in enumerate(cfg.tier_ratios):
-        keys = slot_keys(key, t, cfg.tier_capacity[t])
-
-        def one_client(shared, train_set, test_set, k, ratio=ratio):
-            sub, images, labels, lr = shared
-            out = local_train(
-                _apply_at(cfg, ratio), sub, images, labels, train_set, k,
-                epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=lr,
-            )
-            acc, _ = evaluate(_logits_at(cfg, ratio, out), images, labels, test_set, cfg.eval_chunk)
-            return out, acc
-
-        shared = (subs[t], data.images, data.labels, hparams["local_lr"])
-        out, acc = _map_clients(cfg, one_client, shared, data.client_train[t], data.client_test[t], keys)
-        trained.append(out)
-        accuracy.append(acc)
-        test_counts.append(jnp.sum(data.client_test[t].mask, axis=-1))
-    keys = (_phase_key(state, "dropout"), _phase_key(state, "poison"))
-    trained, _, screen_metrics = screen_uploads(
-        keys, data.client_mask, subs, trained, data.poisoned, hparams["dropout_rate"], hparams["poison_scale"]
-    )
-    metrics = {"client_accuracy": tuple(accuracy), "client_test_count": tuple(test_counts), **screen_metrics}
-    return trained, metrics
 
 
 def dilate_phase(
@@ -336,8 +286,9 @@ def aggregate_phase(
     (Eq. 4/5) or plain sample-weighted averaging; BatchNorm statistics re-estimated on D.
 
     Returns:
-      (state with new `global_vars`, `agg_weights` and `agg_opt`, metrics). With no usable
-      upload at all the previous model and weights are kept.
+      (state with new `global_vars`, `agg_weights` and `agg_opt`, None (nothing for a next
+      server step), metrics). With no usable upload at all the previous model and weights
+      are kept.
     """
     stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *dilated)
     n = jnp.concatenate(data.num_samples)
@@ -368,7 +319,7 @@ def aggregate_phase(
         accept = holdout(new_vars) <= holdout(previous)
         new_vars = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new_vars, previous)
         metrics["aggregate/accepted"] = accept
-    return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), metrics
+    return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), None, metrics
 
 
 def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask):
@@ -392,40 +343,26 @@ def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask)
     return result.params, result.opt_state, metrics
 
 
-def evaluate_phase(cfg: FedConvSpec, state: ServerState, data: RoundData) -> Metrics:
-    """Global accuracy and loss of the global model on the server test set."""
-    acc, loss = evaluate(
-        _logits_at(cfg, 1.0, state.global_vars), data.images, data.labels, data.server_test, cfg.eval_chunk
+def fedconv_steps(cfg: FedConvSpec) -> RoundSteps:
+    """FedConv's parts of the shared round skeleton (core.skeleton): pre-training, compression
+    as the send, dilation and aggregation as the server steps."""
+    steps = (("dilate", dilate_phase), ("aggregate", aggregate_phase))
+    return RoundSteps(
+        send=functools.partial(compress_phase, cfg),
+        server=tuple((name, functools.partial(fn, cfg)) for name, fn in steps),
+        evaluate=global_evaluation(cfg, 1.0),
+        trained_ratio=lambda ratio: ratio,
+        prepare=functools.partial(pretrain_phase, cfg),
+        send_name="compress",
     )
-    return {"global_accuracy": acc, "global_loss": loss}
-
-
-def _scoped_call(name: str, fn: Callable, *args):
-    with jax.named_scope(name):  # a profile of the fused program attributes time to phases
-        return fn(*args)
 
 
 def run_phases(
-    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, call: PhaseCall = _scoped_call
+    cfg: FedConvSpec, state: ServerState, data: RoundData, hparams: HParams, call: PhaseCall = scoped_call
 ):
-    """Chains the phases into one round: (state, data, hparams) -> (next state, metrics).
-
-    The one chain both the fused round and the phase-separated timing run
-    (`experiment.time_phases` passes a `call` that compiles and times each phase).
-    """
-    def phase(name, fn):
-        return functools.partial(call, name, functools.partial(fn, cfg))
-
-    data = sample_phase(cfg, state, data, hparams)  # the one place the round's client mask is set
-    state = phase("pretrain", pretrain_phase)(state, data, hparams)
-    state, subs, metrics = phase("compress", compress_phase)(state, data, hparams)
-    trained, client_metrics = phase("clients", clients_phase)(state, data, hparams, subs)
-    data = data._replace(client_mask=client_metrics["participating"])  # this round's participants
-    state, dilated, dilate_metrics = phase("dilate", dilate_phase)(state, data, hparams, trained)
-    state, agg_metrics = phase("aggregate", aggregate_phase)(state, data, hparams, dilated)
-    eval_metrics = phase("evaluate", evaluate_phase)(state, data)
-    metrics = {**metrics, **client_metrics, **dilate_metrics, **agg_metrics, **eval_metrics}
-    return state.replace(round=state.round + 1), metrics
+    """One FedConv round: (state, data, hparams) -> (next state, metrics), each phase run
+    through `call(name, fn, *args)` (`experiment.time_phases` compiles and times each)."""
+    return federated_round(cfg, fedconv_steps(cfg), state, data, hparams, call=call)
 
 
 __all__ = [
@@ -436,12 +373,10 @@ __all__ = [
     "FedConvSpec",
     "ServerState",
     "aggregate_phase",
-    "clients_phase",
     "compress_phase",
     "dilate_phase",
-    "evaluate_phase",
+    "fedconv_steps",
     "init_server_state",
     "pretrain_phase",
     "run_phases",
-    "sample_phase",
 ]
