@@ -53,8 +53,20 @@ def jsonable_config(config) -> dict:
     return json.loads(json.dumps(config.to_dict(), default=list))
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted field names."""
+    out = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
+    return out
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Names of the fields whose values differ (or exist in only one of the two)."""
+    """Names (dotted in sections) of the fields whose values differ or exist in only one."""
+    saved, current = _flat(saved), _flat(current)
     fields = sorted(set(saved) | set(current))
     return [f for f in fields if f != "allow_config_change" and saved.get(f, "<absent>") != current.get(f, "<absent>")]
 
@@ -62,6 +74,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 def check_config_change(saved: dict, current: dict, allow_change: bool) -> None:
     """Refuses a resume whose config differs from the checkpoint's, except for safe fields."""
     diff = config_differences(saved, current)
+    saved, current = _flat(saved), _flat(current)
     if not diff:
         return
     shown = ", ".join(f"{f} ({saved.get(f, '<absent>')!r} -> {current.get(f, '<absent>')!r})" for f in diff)

@@ -5,6 +5,7 @@ a combination whose metrics.jsonl already holds every round under the same confi
 rerun. The summary goes to DIR/results.csv, DIR/results.md and DIR/curves.png.
 """
 
+import copy
 import csv
 import json
 import math
@@ -15,7 +16,7 @@ from pathlib import Path
 import ml_collections
 from tqdm.auto import tqdm
 
-from fedconv_jax.checkpointing import checkpoint_dir
+from fedconv_jax.checkpointing import checkpoint_dir, jsonable_config
 from fedconv_jax.config import ALGORITHMS, ConfigError, validate
 
 CSV_FIELDS = (
@@ -47,10 +48,6 @@ def run_dir(workdir: Path, algorithm: str, alpha: float) -> Path:
     return Path(workdir) / f"{algorithm}_alpha{alpha:g}"
 
 
-def _config_json(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(json.dumps(config.to_dict(), default=list))
-
-
 def read_rows(directory: Path) -> list[dict]:
     path = directory / "metrics.jsonl"
     if not path.exists():
@@ -61,13 +58,13 @@ def read_rows(directory: Path) -> list[dict]:
 def is_finished(directory: Path, config: ml_collections.ConfigDict) -> bool:
     """All rounds written, by a run of this exact config."""
     config_path = directory / "config.json"
-    if not config_path.exists() or json.loads(config_path.read_text()) != _config_json(config):
+    if not config_path.exists() or json.loads(config_path.read_text()) != jsonable_config(config):
         return False
     return [r["round"] for r in read_rows(directory)] == list(range(1, config.rounds + 1))
 
 
 def combination_config(base: ml_collections.ConfigDict, algorithm: str, alpha: float) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(base.to_dict())
+    config = copy.deepcopy(base)  # keeps aliases tied to their fields
     config.algorithm = algorithm
     config.alpha = float(alpha)
     validate(config)

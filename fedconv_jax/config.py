@@ -1,14 +1,18 @@
 """Run configs: defaults, loading, command-line overrides, validation, the spec and hparams.
 
-Every field has its default here (the paper's setting where it gives one, SPEC §2-§6); files in
-configs/ start from `default_config()` and change what they need. Library functions never
-read configs: `make_round_spec` and `make_hparams` turn one into a static spec and traced
+Every shared field has its default here (the paper's setting where it gives one, SPEC
+§2-§6); an algorithm with settings of its own brings a section named after it, built from its
+settings dataclass (`config.fedconv.filters.init` is `FedConvConfig.filters.init`), with
+aliases that keep the earlier flat names valid (`filter_init`). Files in configs/ start
+from `default_config()` and change what they need. Library functions never read configs:
+`make_round_spec` and `make_hparams` turn one into a static spec and traced
 hyper-parameters, and each algorithm's registered `options` into its factory's arguments.
 """
 
 import ast
 import importlib.util
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -16,22 +20,23 @@ import jax.numpy as jnp
 import ml_collections
 
 import fedconv_jax.algorithms  # noqa: F401  (registers every algorithm)
-from fedconv_jax.algorithms.fedconv.aggregation import GRANULARITIES
-from fedconv_jax.algorithms.fedconv.filters import (
-    FILTER_IMPLS,
-    FILTER_INITS,
-    PRE_PROJECTIONS,
-    RESIDUALS,
+from fedconv_jax.core.algorithm import (
+    HParams,
+    algorithm_entries,
+    algorithm_entry,
+    algorithm_names,
+    section_values,
 )
-from fedconv_jax.algorithms.fedconv.round import AGGREGATIONS
-from fedconv_jax.core.algorithm import HParams, algorithm_entry, algorithm_names
 from fedconv_jax.core.participation import POISON_MODES
 from fedconv_jax.core.spec import CLIENT_PARALLELISM, RoundSpec
 from fedconv_jax.core.tuning import TuningConfig
+from fedconv_jax.core.validation import FieldError
 from fedconv_jax.data import PARTITIONS, is_dataset_name
 from fedconv_jax.models import CONV_IMPLS, example_model, make_model, model_names
 
 ALGORITHMS = algorithm_names()
+# Earlier flat field names kept valid: {flat name: full path of the field it stands for}.
+ALIASES = {alias: f"{e.name}.{path}" for e in algorithm_entries() for alias, path in e.aliases.items()}
 MAX_INT = 2**31 - 1  # int32: seeds, counts and epochs all end up as device integers
 MAX_BATCH = 65536  # batch sizes pad every index list to a multiple of themselves
 
@@ -68,27 +73,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.local_lr = 1e-3  # client Adam learning rate
     # --- server tuning (SPEC §2)
     c.pretrain_epochs = 5  # pre-training epochs of the global model on D (0 = none)
-    c.pretrain_every_round = False  # False: round 1 only (paper); True: every round (reference code)
     c.pretrain_lr = 1e-3  # Adam learning rate of pre-training
     c.baseline_pretrain = False  # baselines with a global model also pre-train it on D in round 1 (paper: no)
-    c.compress_epochs = 20  # compression-filter tuning epochs per round (e_c)
-    c.dilate_epochs = 20  # dilation-filter tuning epochs per round (e_d)
-    c.aggregate_epochs = 20  # aggregation-weight tuning epochs per round
     c.filter_lr = 1e-3  # Adam lr (lr_max of Eq. 2) of compression and dilation filters
     c.filter_lr_min = 1e-5  # lr_min of Eq. 2
-    c.cosine_t_max = 0  # T_max of Eq. 2 (paper: 4); 0 = constant lr (reference code)
     c.aggregate_lr = 1e-3  # Adam lr of the aggregation weights
     c.select_best = True  # keep each tuning loop's best epoch on the held-out slice of D
-    # --- the filter module (SPEC §3)
-    c.filter_init = "identity"  # "identity" (slicing / zero padding at start) or "random" (reference code)
-    c.mlr = False  # apply MLR (0.85x / 0.001x) to generated tensors (paper: True)
-    c.pre_projection = "paper"  # "paper" (1x1 convs 1->16->1) or "affine" (reference code: a*x+b)
-    c.residual = "all"  # residual add for "all" tensors, "conv" kernels only (reference), or "none"
-    c.filter_impl = "fft"  # 2-D correlation of the filters: "fft" (fastest on CPU), "matmul" (Toeplitz) or "conv" (lax.conv)
-    # --- aggregation (SPEC §4)
-    c.aggregation = "learned"  # "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging)
-    c.aggregation_granularity = "layer"  # learned weights per "layer" (tensor) or per "element"
-    c.aggregation_normalize = True  # softmax-normalised weights (True) or raw Eq. 4 (False)
     c.kld_weight = 0.2  # lambda of Eq. 5 (KL between previous global and the aggregate)
     # --- execution
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
@@ -108,6 +98,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.poisoned_clients = 0  # the last k clients (config order) upload poisoned models
     c.poison_mode = "sign_flip"  # "sign_flip": received - scale * update; "noise": received + N(0, scale^2)
     c.poison_scale = 1.0  # strength of the poisoning (see poison_mode)
+    # --- each algorithm's own settings: config.<algorithm>.<field>, its settings dataclass
+    # field for field (FedConv: fedconv_jax/algorithms/fedconv/round.py, FedConvConfig)
+    for entry in algorithm_entries():
+        if entry.section is not None:
+            c[entry.name] = ml_collections.ConfigDict(section_values(entry.section))
+            for alias, path in entry.aliases.items():
+                *parents, leaf = path.split(".")
+                section = c[entry.name]
+                for part in parents:
+                    section = section[part]
+                c[alias] = section.get_ref(leaf)  # one value under two names
     return c
 
 
@@ -145,12 +146,42 @@ def _parse_value(field: str, text: str, default):
         raise ConfigError(field, text, f"a value of type {kind}") from None
 
 
+def _section_of(config: ml_collections.ConfigDict, field: str):
+    """(the section holding a dotted field, its last name), or None if there is no such field."""
+    *parents, leaf = field.split(".")
+    section = config
+    for part in parents:
+        section = section.get(part) if isinstance(section, ml_collections.ConfigDict) else None
+    if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
+        return None
+    return section, leaf
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
-    """Sets `--config.<field>=<value>` overrides; unknown fields are refused."""
+    """Sets `--config.<field>=<value>` overrides (`<field>` may be a dotted section path);
+    unknown fields and whole sections are refused."""
     for field, text in overrides.items():
-        if field not in config:
-            raise ConfigError(field, text, "not a config field; see fedconv_jax/config.py")
-        config[field] = _parse_value(field, text, config[field])
+        found = _section_of(config, field)
+        if found is None:
+            raise ConfigError(field, text, "not a config field; see README.md, Configs")
+        section, leaf = found
+        if isinstance(section[leaf], ml_collections.ConfigDict):
+            raise ConfigError(field, text, f"a field of the section, e.g. {field}.{next(iter(section[leaf]))}")
+        section[leaf] = _parse_value(ALIASES.get(field, field), text, section[leaf])  # errors name the full path
+
+
+def leaf_fields(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    """Every settable field as a dotted path (aliases included)."""
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from leaf_fields(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def get_field(config: ml_collections.ConfigDict, field: str):
+    section, leaf = _section_of(config, field)
+    return section[leaf]
 
 
 def _choice(config, field, allowed):
@@ -182,17 +213,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("data_dir", config.data_dir, "a directory path (\"\" for the default)")
     _choice(config, "partition", PARTITIONS)
     _choice(config, "model", model_names())
-    _choice(config, "filter_init", FILTER_INITS)
-    _choice(config, "pre_projection", PRE_PROJECTIONS)
-    _choice(config, "residual", RESIDUALS)
-    _choice(config, "filter_impl", FILTER_IMPLS)
-    _choice(config, "aggregation", AGGREGATIONS)
-    _choice(config, "aggregation_granularity", GRANULARITIES)
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
     _choice(config, "poison_mode", POISON_MODES)
-    bools = ("mlr", "pretrain_every_round", "select_best", "phase_timing", "aggregation_normalize", "client_costs",
-             "baseline_pretrain", "allow_config_change")
+    bools = ("select_best", "phase_timing", "client_costs", "baseline_pretrain", "allow_config_change")
     for field in bools:
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
@@ -202,7 +226,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, field)
     _positive_int(config, "batch_size", maximum=MAX_BATCH)
     _positive_int(config, "keep_checkpoints")
-    for field in ("pretrain_epochs", "compress_epochs", "dilate_epochs", "aggregate_epochs", "cosine_t_max", "checkpoint_every"):
+    for field in ("pretrain_epochs", "checkpoint_every"):
         _positive_int(config, field, minimum=0)
     for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
         _number(config, field, 0.0, 10.0, low_open=True)
@@ -237,6 +261,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "shrink_ratios", ratio,
                 f"an SR whose sub-model of {config.model} has no zero-width unit (>= {model.narrowest_ratio():g})",
             )
+    for entry in algorithm_entries():  # every algorithm's own settings validate themselves
+        try:
+            entry.options(config)
+        except FieldError as error:
+            raise ConfigError(error.field, error.value, error.allowed) from None
 
 
 def data_seed(config: ml_collections.ConfigDict) -> int:

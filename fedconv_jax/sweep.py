@@ -12,6 +12,7 @@ The data split is pinned to the base config's (`data_seed`), so every run's conf
 given to `fedconv-jax run`, reproduces that run.
 """
 
+import copy
 import csv
 import dataclasses
 import itertools
@@ -72,7 +73,7 @@ def parse_sweep(base: ml_collections.ConfigDict, texts: dict[str, str]) -> dict[
             raise ConfigError(f"sweep.{field}", text, "a comma-separated list of values")
         values = []
         for part in parts:
-            probe = ml_collections.ConfigDict(base.to_dict())
+            probe = copy.deepcopy(base)  # keeps aliases tied to their fields
             try:
                 apply_overrides(probe, {field: part})
             except ConfigError:
@@ -92,7 +93,7 @@ def sweep_runs(base: ml_collections.ConfigDict, sweep: dict[str, tuple]) -> list
     runs = []
     for combo in itertools.product(*sweep.values()):
         values = dict(zip(sweep, combo))
-        config = ml_collections.ConfigDict(base.to_dict())
+        config = copy.deepcopy(base)  # keeps aliases tied to their fields
         config.data_seed = data_seed(base)  # one split for all runs: they share the data
         for field, value in values.items():
             config[field] = value

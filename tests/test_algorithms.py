@@ -156,7 +156,7 @@ def test_padded_slots_change_nothing(runs, algorithm):
     state, metrics = jax.jit(padded.algorithm.round)(padded.state, padded.data, padded.hparams)
     run = runs[algorithm]
     reference, reference_metrics = run["round_fn"](run["exp"].state, run["exp"].data, run["exp"].hparams)
-    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     jax.tree.map(close, state.global_vars, reference.global_vars)
     for t in range(2):
         close(metrics["client_accuracy"][t][:2], reference_metrics["client_accuracy"][t])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedconv_jax.cli import main
+from fedconv_jax.config import ALIASES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.py")
@@ -71,7 +72,9 @@ BAD = [
     ("rounds", "two", "type int"),
     ("no_such_field", "1", "not a config field"),
     ("model", "resnet", "one of cnn, cnn_bn"),
-    ("filter_init", "zeros", "one of identity, random"),
+    ("filter_init", "zeros", "one of identity, random"),  # an alias: named as fedconv.filters.init
+    ("fedconv.filters.hidden", "0", "an integer in [1, 4096]"),
+    ("fedconv.aggregation", "median", "one of learned, mean"),
     ("dataset", "mnist", "digits or tfds:<name>"),
     ("dataset", "tfds:", "digits or tfds:<name>"),
     ("partition", "pathological", "one of dirichlet, iid, shards"),
@@ -86,7 +89,7 @@ def test_bad_config_values_exit_2_with_one_line(tmp_path, capsys, field, value, 
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err
-    assert f"config.{field}=" in err and allowed in err
+    assert f"config.{ALIASES.get(field, field)}=" in err and allowed in err
     assert not workdir.exists()
 
 

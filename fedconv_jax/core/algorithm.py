@@ -21,6 +21,7 @@ import jax
 from fedconv_jax.core.data import RoundData
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.types import Metrics, PRNGKey
+from fedconv_jax.core.validation import within
 
 State = Any  # a flax.struct dataclass of arrays
 HParams = dict[str, jax.Array]  # the round's traced hyper-parameters, by config field name
@@ -66,14 +67,20 @@ class FederatedAlgorithm(NamedTuple):
 class AlgorithmEntry:
     """A registered factory: `make(spec, **options(config))` builds the algorithm.
 
-    `options` is the only place an algorithm meets the flat run config (a mapping of field
-    names to values, validated before); its factory and round never see it.
+    `options` is the only place an algorithm meets the run config; its factory and round
+    never see it. An algorithm with settings of its own declares them as a dataclass
+    instance of defaults (`section`): the config then has a section under the algorithm's
+    name that maps onto it field for field (nested dataclasses are nested sections), and
+    `options` builds it from there (`settings_from_section`). `aliases` keeps older flat
+    field names valid: {flat name: path inside the section}.
     """
 
     name: str
     make: Callable[..., FederatedAlgorithm]
     options: Callable[[Mapping[str, Any]], dict]
     hparams: tuple[str, ...]
+    section: Any = None
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, AlgorithmEntry] = {}
@@ -82,23 +89,59 @@ _REGISTRY: dict[str, AlgorithmEntry] = {}
 def register(
     name: str,
     *,
-    options: Callable[[Mapping[str, Any]], dict] = lambda config: {},
+    options: Callable[[Mapping[str, Any]], dict] | None = None,
     hparams: tuple[str, ...] = SHARED_HPARAMS,
+    section: Any = None,
+    aliases: Mapping[str, str] | None = None,
 ):
     """Decorator: registers `make(spec, **options) -> FederatedAlgorithm` under `name`.
 
     Args:
-      options: config -> the factory's keyword arguments.
+      options: config -> the factory's keyword arguments. Default: none, or with a
+        `section`, {"settings": the section's dataclass built from `config[name]`}.
       hparams: names (config fields) of the traced hyper-parameters the round reads.
+      section: the algorithm's settings dataclass with its defaults (AlgorithmEntry).
+      aliases: flat config names kept for fields of the section.
     """
+    if options is None:
+        if section is None:
+            options = lambda config: {}
+        else:
+            options = lambda config: {"settings": settings_from_section(section, config[name], name)}
 
     def add(make):
         if name in _REGISTRY:
             raise ValueError(f"algorithm {name!r} is registered twice")
-        _REGISTRY[name] = AlgorithmEntry(name, make, options, tuple(hparams))
+        _REGISTRY[name] = AlgorithmEntry(name, make, options, tuple(hparams), section, dict(aliases or {}))
         return make
 
     return add
+
+
+def section_values(settings) -> dict:
+    """A settings dataclass as a nested dict of its field values (the config section)."""
+    return {
+        f.name: section_values(value) if dataclasses.is_dataclass(value := getattr(settings, f.name)) else value
+        for f in dataclasses.fields(settings)
+    }
+
+
+def settings_from_section(defaults, values: Mapping[str, Any], path: str):
+    """The settings dataclass of `defaults`' type built from a config section, nested
+    dataclasses from nested sections; a bad value raises FieldError naming `path.field`."""
+    kwargs = {}
+    with within(path):
+        for f in dataclasses.fields(defaults):
+            value = values.get(f.name, getattr(defaults, f.name))
+            default = getattr(defaults, f.name)
+            if dataclasses.is_dataclass(default):
+                value = settings_from_section(default, value, f.name)
+            kwargs[f.name] = value
+        return type(defaults)(**kwargs)
+
+
+def algorithm_entries() -> tuple[AlgorithmEntry, ...]:
+    return tuple(_REGISTRY.values())
 
 
 def algorithm_names() -> tuple[str, ...]:
@@ -134,8 +177,11 @@ __all__ = [
     "HParams",
     "PhaseCall",
     "RoundFn",
+    "algorithm_entries",
     "algorithm_entry",
     "algorithm_names",
     "make_algorithm",
     "register",
+    "section_values",
+    "settings_from_section",
 ]

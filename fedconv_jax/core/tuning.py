@@ -18,6 +18,7 @@ from jax.typing import ArrayLike
 
 from fedconv_jax.core.data import IndexSet
 from fedconv_jax.core.types import Params, PRNGKey
+from fedconv_jax.core.validation import check_bool, check_int
 
 # logits_fn(trainable, images) -> logits; regularizer(trainable) -> scalar added to the loss
 LogitsFn = Callable[[Params, jax.Array], jax.Array]
@@ -39,6 +40,12 @@ class TuningConfig:
     batch_size: int = 32
     cosine_t_max: int = 0
     select_best: bool = True
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, minimum=0)
+        check_int("batch_size", self.batch_size, maximum=65536)
+        check_int("cosine_t_max", self.cosine_t_max, minimum=0)
+        check_bool("select_best", self.select_best)
 
 
 class TuneResult(NamedTuple):

@@ -5,9 +5,8 @@ Modules: `filters` (the convolutions over parameter tensors), `compression` (Eq.
 """
 
 import functools
-from collections.abc import Mapping
 
-from fedconv_jax.algorithms.fedconv.filters import FilterConfig, check_tap_axes
+from fedconv_jax.algorithms.fedconv.filters import check_tap_axes
 from fedconv_jax.algorithms.fedconv.round import (
     FEDCONV_HPARAMS,
     PHASES,
@@ -19,41 +18,35 @@ from fedconv_jax.algorithms.fedconv.round import (
 )
 from fedconv_jax.core.algorithm import SHARED_HPARAMS, FederatedAlgorithm, register
 from fedconv_jax.core.spec import RoundSpec, spec_fields
-from fedconv_jax.core.tuning import TuningConfig
 
 PER_CLIENT_FIELDS = ("dilation", "dilation_opt", "agg_weights", "agg_opt")
 
 
-def _options(config: Mapping) -> dict:
-    """FedConv's settings from the flat run config."""
-
-    def loop(epochs: int) -> TuningConfig:
-        return TuningConfig(
-            epochs=epochs, batch_size=config["batch_size"], cosine_t_max=config["cosine_t_max"],
-            select_best=config["select_best"],
-        )
-
-    return {
-        "filters": FilterConfig(
-            pre_projection=config["pre_projection"], residual=config["residual"], mlr=config["mlr"],
-            init=config["filter_init"], impl=config["filter_impl"],
-        ),
-        "compress": loop(config["compress_epochs"]),
-        "dilate": loop(config["dilate_epochs"]),
-        "aggregate": TuningConfig(
-            epochs=config["aggregate_epochs"], batch_size=config["batch_size"], select_best=config["select_best"]
-        ),
-        "pretrain_every_round": config["pretrain_every_round"],
-        "aggregation": config["aggregation"],
-        "aggregation_granularity": config["aggregation_granularity"],
-        "aggregation_normalize": config["aggregation_normalize"],
-    }
+# Flat config names of earlier versions, kept as aliases of the `config.fedconv` section.
+ALIASES = {
+    "filter_init": "filters.init",
+    "pre_projection": "filters.pre_projection",
+    "residual": "filters.residual",
+    "mlr": "filters.mlr",
+    "filter_impl": "filters.impl",
+    "compress_epochs": "compress_epochs",
+    "dilate_epochs": "dilate_epochs",
+    "aggregate_epochs": "aggregate_epochs",
+    "cosine_t_max": "cosine_t_max",
+    "pretrain_every_round": "pretrain_every_round",
+    "aggregation": "aggregation",
+    "aggregation_granularity": "aggregation_granularity",
+    "aggregation_normalize": "aggregation_normalize",
+}
 
 
-@register("fedconv", options=_options, hparams=SHARED_HPARAMS + FEDCONV_HPARAMS)
-def fedconv(spec: RoundSpec, **settings) -> FederatedAlgorithm:
-    """FedConv over `spec`; `settings` are `FedConvConfig`'s fields."""
-    cfg = FedConvSpec(**spec_fields(spec), **settings)
+DEFAULTS = FedConvConfig()
+
+
+@register("fedconv", hparams=SHARED_HPARAMS + FEDCONV_HPARAMS, section=DEFAULTS, aliases=ALIASES)
+def fedconv(spec: RoundSpec, settings: FedConvConfig = DEFAULTS) -> FederatedAlgorithm:
+    """FedConv over `spec` with its own `settings` (the config's `fedconv` section)."""
+    cfg = FedConvSpec(**spec_fields(spec), **spec_fields(settings))
     check_tap_axes(cfg.model.width_axes())
     return FederatedAlgorithm(
         name="fedconv",

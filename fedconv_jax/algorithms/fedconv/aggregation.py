@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from fedconv_jax.core.averaging import sample_factors
 from fedconv_jax.core.types import Params
+from fedconv_jax.core.validation import check_choice
 
 GRANULARITIES = ("layer", "element")
 
@@ -27,11 +28,7 @@ def init_aggregation_weights(
 ) -> Params:
     """v = 1 (u = 0 when normalized): one scalar per (client, tensor) for "layer", one per
     element for "element"."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"aggregation_granularity={granularity!r} is not known; allowed: "
-            + ", ".join(GRANULARITIES)
-        )
+    check_choice("aggregation_granularity", granularity, GRANULARITIES)
     shape = (lambda x: (num_clients,)) if granularity == "layer" else (lambda x: (num_clients, *x.shape))
     fill = 0.0 if normalize else 1.0
     return jax.tree.map(lambda x: jnp.full(shape(x), fill, jnp.float32), params)

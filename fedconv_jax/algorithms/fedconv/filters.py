@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedconv_jax.core.types import Params, PRNGKey
+from fedconv_jax.core.validation import check_bool, check_choice, check_int
 from fedconv_jax.models.axes import is_leaf_axes
 
 PRE_PROJECTIONS = ("paper", "affine")
@@ -55,15 +56,12 @@ class FilterConfig:
     hidden: int = 16
 
     def __post_init__(self):
-        for field, allowed in (
-            ("pre_projection", PRE_PROJECTIONS),
-            ("residual", RESIDUALS),
-            ("init", FILTER_INITS),
-            ("impl", FILTER_IMPLS),
-        ):
-            value = getattr(self, field)
-            if value not in allowed:
-                raise ValueError(f"{field}={value!r} is not known; allowed: {', '.join(allowed)}")
+        check_choice("pre_projection", self.pre_projection, PRE_PROJECTIONS)
+        check_choice("residual", self.residual, RESIDUALS)
+        check_bool("mlr", self.mlr)
+        check_choice("init", self.init, FILTER_INITS)
+        check_choice("impl", self.impl, FILTER_IMPLS)
+        check_int("hidden", self.hidden, maximum=4096)
 
 
 # --------------------------------------------------------------------------- tensor views

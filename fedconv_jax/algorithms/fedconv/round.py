@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedconv_jax.algorithms.fedconv.aggregation import (
+    GRANULARITIES,
     aggregate,
     init_aggregation_weights,
     kld_term,
@@ -56,6 +57,7 @@ from fedconv_jax.core.tuning import (
     tune,
 )
 from fedconv_jax.core.types import Params, PRNGKey, Variables
+from fedconv_jax.core.validation import FieldError, check_bool, check_choice, check_int
 
 AGGREGATIONS = ("learned", "mean")
 PHASES = ("pretrain", "compress", "clients", "dilate", "aggregate", "evaluate")
@@ -65,11 +67,14 @@ FEDCONV_HPARAMS = ("filter_lr", "filter_lr_min", "aggregate_lr", "kld_weight")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FedConvConfig:
-    """FedConv's own static settings.
+    """FedConv's own static settings: the `config.fedconv` section, field for field.
 
     Attributes:
-      filters: the compression/dilation filter module.
-      compress, dilate, aggregate: the three server tuning loops of every round.
+      filters: the compression/dilation filter module (`config.fedconv.filters`).
+      compress_epochs, dilate_epochs, aggregate_epochs: epochs of the three server tuning
+        loops of every round (batch size and held-out selection as pre-training's).
+      cosine_t_max: T_max of Eq. 2 for the filter loops (paper: 4); 0 = constant lr
+        (reference code).
       pretrain_every_round: pre-train on D every round (reference code) instead of round 1.
       aggregation: "learned" (Eq. 4/5) or "mean" (plain sample-weighted averaging).
       aggregation_granularity: "layer" or "element" learned weights.
@@ -80,19 +85,46 @@ class FedConvConfig:
     """
 
     filters: FilterConfig = FilterConfig()
-    compress: TuningConfig = TuningConfig(epochs=20)
-    dilate: TuningConfig = TuningConfig(epochs=20)
-    aggregate: TuningConfig = TuningConfig(epochs=20)
+    compress_epochs: int = 20
+    dilate_epochs: int = 20
+    aggregate_epochs: int = 20
+    cosine_t_max: int = 0
     pretrain_every_round: bool = False
     aggregation: str = "learned"
     aggregation_granularity: str = "layer"
     aggregation_normalize: bool = True
     keep_best_global: bool = False
 
+    def __post_init__(self):
+        if not isinstance(self.filters, FilterConfig):
+            raise FieldError("filters", self.filters, "a FilterConfig")
+        for field in ("compress_epochs", "dilate_epochs", "aggregate_epochs", "cosine_t_max"):
+            check_int(field, getattr(self, field), minimum=0)
+        for field in ("pretrain_every_round", "aggregation_normalize", "keep_best_global"):
+            check_bool(field, getattr(self, field))
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        check_choice("aggregation_granularity", self.aggregation_granularity, GRANULARITIES)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FedConvSpec(RoundSpec, FedConvConfig):
     """The shared round spec plus FedConv's own settings: what FedConv's phases read."""
+
+    def _loop(self, epochs: int, cosine_t_max: int = 0) -> TuningConfig:
+        """A tuning loop with pre-training's batch size and held-out selection."""
+        return dataclasses.replace(self.pretrain, epochs=epochs, cosine_t_max=cosine_t_max)
+
+    @property
+    def compress(self) -> TuningConfig:
+        return self._loop(self.compress_epochs, self.cosine_t_max)
+
+    @property
+    def dilate(self) -> TuningConfig:
+        return self._loop(self.dilate_epochs, self.cosine_t_max)
+
+    @property
+    def aggregate(self) -> TuningConfig:
+        return self._loop(self.aggregate_epochs)
 
 
 @struct.dataclass
