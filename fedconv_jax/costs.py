@@ -43,7 +43,9 @@ def _step_costs(model: ModelSpec, batch: int, ratio: float) -> tuple[tuple[str, 
     one_batch = IndexSet(jnp.arange(batch, dtype=jnp.int32), jnp.ones(batch, bool))
 
     def one_step(variables, images, labels, key):
-        return local_train(apply_fn, variables, images, labels, one_batch, key, epochs=1, batch_size=batch)
+        return local_train(
+            apply_fn, variables, images, labels, one_batch, key, epochs=1, batch_size=batch, model_rng=model.uses_dropout
+        )
 
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ratio))
     images = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)

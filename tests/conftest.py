@@ -24,6 +24,17 @@ def mnist_model():
     return make_model("cnn", 10, (28, 28, 1), "im2col")
 
 
+@pytest.fixture
+def temporary_models():
+    """Model families a test registers are unregistered after it (workers run many modules)."""
+    from fedconv_jax.models import model_names, unregister_model
+
+    before = set(model_names())
+    yield
+    for name in set(model_names()) - before:
+        unregister_model(name)
+
+
 @pytest.fixture(scope="session")
 def global_params(mnist_model):
     return mnist_model.init(jax.random.key(0))["params"]

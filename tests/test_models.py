@@ -1,9 +1,15 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from fedconv_jax.models import make_model, scaled_width
+from fedconv_jax.core.client import local_train
+from fedconv_jax.core.data import IndexSet
+from fedconv_jax.models import ModelSpec, make_model, register_model, scaled_width
+from fedconv_jax.models.layers import Dense
 
 
 def count(params):
@@ -97,3 +103,34 @@ def test_fedconv_refuses_a_width_axis_among_the_taps():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="model='resnet' is not known"):
         make_model("resnet", 10, (8, 8, 1))
+
+
+class _DropoutNet(nn.Module):
+    ratio: float = 1.0
+    num_classes: int = 3
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Dropout(0.5, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return Dense(self.num_classes, axes=(None, None), name="head")(x)
+
+
+def test_a_dropout_model_gets_a_key_per_training_step(temporary_models):
+    """`apply`'s rng reaches the model's "dropout" stream, and client training draws one per
+    step for a family registered with dropout=True."""
+    register_model("dropout_test", _DropoutNet, (4,), dropout=True)
+    model = ModelSpec("dropout_test", 3, (4,))
+    assert model.uses_dropout and not make_model("cnn", 10, (8, 8, 1)).uses_dropout
+    variables = model.init(jax.random.key(0))
+    x = jnp.ones((2, 4))
+    a, b = (model.apply(1.0, variables, x, True, rng=jax.random.key(k))[0] for k in (1, 2))
+    assert not np.allclose(a, b)  # other keys drop other inputs
+    np.testing.assert_array_equal(a, model.apply(1.0, variables, x, True, rng=jax.random.key(1))[0])
+    np.testing.assert_array_equal(model.apply(1.0, variables, x)[0], model.apply(1.0, variables, x)[0])
+    data = IndexSet(jnp.arange(8), jnp.ones(8, bool))
+    images, labels = jax.random.normal(jax.random.key(3), (8, 4)), jnp.arange(8) % 3
+    trained = jax.jit(lambda k: local_train(
+        functools.partial(model.apply, 1.0), variables, images, labels, data, k, epochs=2, batch_size=4, model_rng=True
+    ))(jax.random.key(4))
+    assert not np.allclose(trained["params"]["head"]["kernel"], variables["params"]["head"]["kernel"])

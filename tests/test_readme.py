@@ -13,7 +13,7 @@ from fedconv_jax.algorithms import slicing
 from fedconv_jax.core import algorithm as algorithm_registry
 from fedconv_jax.core.algorithm import make_algorithm
 from fedconv_jax.experiment import build_experiment
-from fedconv_jax.models import ModelSpec, zoo
+from fedconv_jax.models import ModelSpec, unregister_model, zoo
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -37,6 +37,7 @@ def registered():
     yield run
     for registry, name in added:
         registry.pop(name, None)
+    unregister_model("tiny_resnet")
 
 
 def test_adding_an_algorithm_example_builds_a_full_round(registered):

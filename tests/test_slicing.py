@@ -166,7 +166,7 @@ class _Branches(nn.Module):
         return Dense(self.num_classes, axes=("c", None), name="head")(x.mean(axis=(1, 2)))
 
 
-def test_concatenated_axis_slices_each_branch_at_its_offset():
+def test_concatenated_axis_slices_each_branch_at_its_offset(temporary_models):
     """A concatenated input axis takes branch a's kept channels, then branch b's shifted by a's
     width; the sliced model equals the full one with every dropped channel's weights zeroed."""
     register_model("branches_test", _Branches)
@@ -188,7 +188,7 @@ def test_concatenated_axis_slices_each_branch_at_its_offset():
     np.testing.assert_allclose(sub_logits, full_logits, rtol=1e-5, atol=1e-5)
 
 
-def test_undeclared_variable_is_refused():
+def test_undeclared_variable_is_refused(temporary_models):
     class Plain(nn.Module):
         ratio: float = 1.0
         num_classes: int = 2

@@ -98,7 +98,7 @@ def train_clients(
         images, labels, lr = shared
         out = local_train(
             apply_fn, variables, images, labels, train_set, k,
-            epochs=spec.local_epochs, batch_size=spec.local_batch_size, lr=lr,
+            epochs=spec.local_epochs, batch_size=spec.local_batch_size, lr=lr, model_rng=spec.model.uses_dropout,
         )
         acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, spec.eval_chunk)
         return out, acc

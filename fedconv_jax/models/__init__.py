@@ -9,6 +9,7 @@ from fedconv_jax.models.zoo import (
     make_model,
     model_names,
     register_model,
+    unregister_model,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "register_model",
     "resolve_conv_impl",
     "scaled_width",
+    "unregister_model",
 ]

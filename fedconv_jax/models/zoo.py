@@ -20,18 +20,34 @@ from fedconv_jax.models.layers import resolve_conv_impl
 
 _FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 _EXAMPLE_INPUTS: dict[str, tuple[int, ...]] = {}
+_DROPOUT: set[str] = set()
 
 
-def register_model(name: str, family: Callable[..., nn.Module], example_input: tuple[int, ...] = (28, 28, 1)) -> None:
+def register_model(
+    name: str, family: Callable[..., nn.Module], example_input: tuple[int, ...] = (28, 28, 1), *, dropout: bool = False
+) -> None:
     """Registers a model family under `name` (the `model` config field).
 
-    `example_input` is one example's shape the family builds on, used to read its unit
-    widths before any data is loaded (config validation).
+    Args:
+      example_input: one example's shape the family builds on, used to read its unit widths
+        before any data is loaded (config validation).
+      dropout: the family draws from the "dropout" rng stream in training, so client
+        training passes it a key per step.
     """
     if name in _FAMILIES:
         raise ValueError(f"model {name!r} is registered twice")
     _FAMILIES[name] = family
     _EXAMPLE_INPUTS[name] = tuple(example_input)
+    if dropout:
+        _DROPOUT.add(name)
+
+
+def unregister_model(name: str) -> None:
+    """Removes a registered family (tests and notebooks that register throwaway models)."""
+    _FAMILIES.pop(name, None)
+    _EXAMPLE_INPUTS.pop(name, None)
+    _DROPOUT.discard(name)
+    _shapes_and_axes.cache_clear()
 
 
 def model_names() -> tuple[str, ...]:
@@ -54,6 +70,10 @@ class ModelSpec:
     def __post_init__(self):
         if self.name not in _FAMILIES:
             raise ValueError(f"model={self.name!r} is not known; allowed: {', '.join(_FAMILIES)}")
+
+    @property
+    def uses_dropout(self) -> bool:
+        return self.name in _DROPOUT
 
     def build(self, ratio: float) -> nn.Module:
         return _FAMILIES[self.name](ratio=ratio, num_classes=self.num_classes, conv_impl=self.conv_impl)
