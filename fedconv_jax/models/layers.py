@@ -81,6 +81,7 @@ class Conv(nn.Module):
       kernel_size, strides, padding: as `lax.conv` ("SAME", "VALID" or an integer).
       use_bias: add a bias (convolutions followed by BatchNorm usually have none).
       impl: "im2col" or "lax" (module docstring).
+      kernel_init: the kernel's initializer (default LeCun normal).
     """
 
     features: int
@@ -90,12 +91,13 @@ class Conv(nn.Module):
     padding: Padding = "SAME"
     use_bias: bool = True
     impl: str = "im2col"
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
             "kernel",
-            declare(nn.initializers.lecun_normal(), None, None, *self.axes),
+            declare(self.kernel_init, None, None, *self.axes),
             (*self.kernel_size, x.shape[-1], self.features),
         )
         conv = im2col_conv if self.impl == "im2col" else lax_conv

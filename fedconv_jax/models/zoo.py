@@ -17,6 +17,7 @@ from fedconv_jax.core.types import PRNGKey, Variables
 from fedconv_jax.models.axes import scaled_width, split_declared, unit_widths
 from fedconv_jax.models.cnn import CNN
 from fedconv_jax.models.layers import resolve_conv_impl
+from fedconv_jax.models.resnet import ResNet18
 
 _FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 _EXAMPLE_INPUTS: dict[str, tuple[int, ...]] = {}
@@ -136,3 +137,4 @@ def make_model(
 
 register_model("cnn", CNN)
 register_model("cnn_bn", functools.partial(CNN, batch_norm=True))
+register_model("resnet18", ResNet18, (32, 32, 3))
