@@ -55,7 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.algorithm = "fedconv"  # "fedconv" or a baseline: fedavg_small, fedavg_full, heterofl, fedrolex, feddropout, standalone, serveralone
     c.dataset = "digits"  # "digits" (scikit-learn's bundled 8x8 digits) or "tfds:<name>" (prepared/imported)
     c.data_dir = ""  # TFDS data dir; "" = $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets
-    c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN) or "cnn_bn" (the same with BatchNorm)
+    c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN), "cnn_bn" (the same with BatchNorm) or "resnet18" (CIFAR, 32x32x3)
+    c.global_width = 1.0  # multiplier of every width of the model family, before any SR (e.g. 0.125: resnet18 on a CPU)
     c.seed = 0  # one seed for data split, init and every random draw
     c.data_seed = -1  # seed of the data split and of D's held-out slice alone; -1 = seed (a sweep pins it)
     c.rounds = 100  # communication rounds
@@ -252,7 +253,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ratios = tuple(config.shrink_ratios)
     if len(ratios) != config.num_clients:
         raise ConfigError("shrink_ratios", ratios, f"one SR per client ({config.num_clients} values)")
-    model = example_model(config.model)  # unit widths from the model's declared width axes
+    _number(config, "global_width", 0.0, 1.0, low_open=True)
+    model = example_model(config.model, config.global_width)  # unit widths from the declared width axes
+    if not model.fits(1.0):
+        raise ConfigError(
+            "global_width", config.global_width, f"a multiplier that leaves every unit of {config.model} a channel"
+        )
     for ratio in ratios:
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
             raise ConfigError("shrink_ratios", ratio, "every SR in (0, 1]")
@@ -287,7 +293,7 @@ def make_round_spec(
 ) -> RoundSpec:
     """The static spec every algorithm shares, from a validated config."""
     return RoundSpec(
-        model=make_model(config.model, num_classes, input_shape, config.conv_impl),
+        model=make_model(config.model, num_classes, input_shape, config.conv_impl, config.global_width),
         tier_ratios=tuple(tier_ratios),
         tier_capacity=tuple(tier_capacity),
         pretrain=TuningConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, select_best=config.select_best),

@@ -74,6 +74,7 @@ BAD = [
     ("model", "resnet", "one of cnn, cnn_bn"),
     ("filter_init", "zeros", "one of identity, random"),  # an alias: named as fedconv.filters.init
     ("fedconv.filters.hidden", "0", "an integer in [1, 4096]"),
+    ("global_width", "0.05", "a multiplier that leaves every unit of cnn a channel"),
     ("fedconv.aggregation", "median", "one of learned, mean"),
     ("dataset", "mnist", "digits or tfds:<name>"),
     ("dataset", "tfds:", "digits or tfds:<name>"),

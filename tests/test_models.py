@@ -92,6 +92,14 @@ def test_cnn_declares_its_width_axes(mnist_model):
     assert mnist_model.fits(0.0625) and not mnist_model.fits(0.06)
 
 
+def test_width_multiplier_scales_every_unit_before_the_ratio():
+    """config.global_width: floor(floor(C * width) * ratio) per unit."""
+    model = make_model("cnn", 10, (28, 28, 1), "im2col", width=0.5)
+    assert model.unit_widths(1.0) == {"conv_0": 8, "conv_1": 16}
+    assert model.unit_widths(0.75) == {"conv_0": 6, "conv_1": 12}
+    assert model.fits(0.125) and not model.fits(0.12)
+
+
 def test_fedconv_refuses_a_width_axis_among_the_taps():
     from fedconv_jax.algorithms.fedconv.filters import check_tap_axes
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_round import tiny_config
+from test_slicing import sliced_and_zeroed
 
-from fedconv_jax.algorithms import slicing
 from fedconv_jax.core import algorithm as algorithm_registry
 from fedconv_jax.core.algorithm import make_algorithm
 from fedconv_jax.experiment import build_experiment
@@ -58,16 +58,9 @@ def test_adding_a_model_example_slices_along_its_declared_units(registered):
     assert model.unit_widths(0.5) == {"inner": 8, "stream": 8}
     full = model.init(jax.random.key(0))
     full = {"params": jax.tree.map(lambda x: x + 0.05, full["params"]), "batch_stats": full["batch_stats"]}
-    rules = slicing.channel_rules(model)
     rng = np.random.default_rng(0)
     idx = {u: jnp.asarray(np.sort(rng.choice(16, 8, replace=False))) for u in ("inner", "stream")}
-
-    @jax.jit
-    def both(full, idx, x):
-        sub = slicing.gather(full, rules, idx)
-        zeroed, _ = slicing.embed(sub, rules, idx, full)
-        return sub, model.apply(0.5, sub, x)[0], model.apply(1.0, zeroed, x)[0]
-
-    sub, sub_logits, full_logits = both(full, idx, jax.random.normal(jax.random.key(1), (2, 8, 8, 1)))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    sub, sub_logits, full_logits = sliced_and_zeroed(model, 0.5, full, idx, x)
     assert jax.tree.map(jnp.shape, sub) == jax.tree.map(jnp.shape, model.init(jax.random.key(0), 0.5))
     np.testing.assert_allclose(sub_logits, full_logits, rtol=1e-5, atol=1e-5)

@@ -1,12 +1,12 @@
 """The CIFAR ResNet18 family: the authors' parameter counts, FedConv's sub-model shapes, and
 HeteroFL/FedRolex slices that keep residual streams consistent."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_slicing import sliced_and_zeroed
 
 from fedconv_jax.algorithms import slicing
 from fedconv_jax.algorithms.fedconv.compression import (
@@ -14,8 +14,7 @@ from fedconv_jax.algorithms.fedconv.compression import (
     init_compression_filters,
 )
 from fedconv_jax.algorithms.fedconv.filters import FilterConfig, check_tap_axes
-from fedconv_jax.models import ModelSpec, make_model, register_model
-from fedconv_jax.models.resnet import ResNet18
+from fedconv_jax.models import ModelSpec, make_model
 
 
 def authors_count(sr: float) -> int:
@@ -76,9 +75,10 @@ def test_fedconv_compression_generates_the_tier_model_shapes(ratio):
 
 
 @pytest.fixture
-def small_resnet(temporary_models):
-    register_model("resnet18_eighth", functools.partial(ResNet18, width=0.125), (32, 32, 3))
-    return ModelSpec("resnet18_eighth", 10, (16, 16, 3))
+def small_resnet():
+    model = make_model("resnet18", 10, (16, 16, 3), "im2col", width=0.125)  # config.global_width
+    assert model.unit_widths(1.0)["stage4"] == 64 and model.unit_widths(0.5)["block1"] == 4
+    return model
 
 
 @pytest.mark.parametrize("policy", ["nested", "rolling"])
@@ -98,14 +98,7 @@ def test_sliced_resnet_equals_the_full_one_with_dropped_channels_zeroed(small_re
     else:
         idx = slicing.rolling_indices(widths, kept, 1, jnp.int32(3))
     idx = {u: i[0] for u, i in idx.items()}
-    rules = slicing.channel_rules(model)
-
-    @jax.jit
-    def both(full, idx, x):
-        sub = slicing.gather(full, rules, idx)
-        zeroed, _ = slicing.embed(sub, rules, idx, full)
-        return model.apply(ratio, sub, x)[0], model.apply(1.0, zeroed, x)[0]
-
-    sub_logits, full_logits = both(full, idx, jax.random.normal(jax.random.key(2), (2, 16, 16, 3)))
+    x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+    _, sub_logits, full_logits = sliced_and_zeroed(model, ratio, full, idx, x)
     np.testing.assert_allclose(sub_logits, full_logits, rtol=1e-4, atol=1e-4)
     assert float(jnp.abs(sub_logits).max()) > 1e-3  # not two zero outputs

@@ -21,6 +21,7 @@ class CNN(nn.Module):
       ratio: width ratio (the client's shrinkage ratio), in (0, 1].
       features: channel counts of the conv layers at ratio 1.
       num_classes: class outputs; never scaled.
+      width: a multiplier applied to every conv width before `ratio`.
       batch_norm: add BatchNorm after each conv (non-trainable state in "batch_stats").
       conv_impl: "im2col" or "lax" (see models/layers.py).
     """
@@ -28,6 +29,7 @@ class CNN(nn.Module):
     ratio: float = 1.0
     features: Sequence[int] = (16, 32)
     num_classes: int = 10
+    width: float = 1.0
     batch_norm: bool = False
     conv_impl: str = "im2col"
 
@@ -36,7 +38,8 @@ class CNN(nn.Module):
         previous = None  # the image's channels never scale
         for i, feat in enumerate(self.features):
             unit = f"conv_{i}"
-            x = Conv(scaled_width(feat, self.ratio), axes=(previous, unit), impl=self.conv_impl, name=unit)(x)
+            channels = scaled_width(scaled_width(feat, self.width), self.ratio)
+            x = Conv(channels, axes=(previous, unit), impl=self.conv_impl, name=unit)(x)
             if self.batch_norm:
                 x = BatchNorm(unit, name=f"bn_{i}")(x, train)
             x = max_pool_2x2(nn.relu(x))

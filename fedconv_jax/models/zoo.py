@@ -67,6 +67,7 @@ class ModelSpec:
     num_classes: int
     input_shape: tuple[int, ...]  # one example, e.g. (H, W, C)
     conv_impl: str = "im2col"
+    width: float = 1.0  # multiplier of every width of the family, before any SR
 
     def __post_init__(self):
         if self.name not in _FAMILIES:
@@ -77,7 +78,9 @@ class ModelSpec:
         return self.name in _DROPOUT
 
     def build(self, ratio: float) -> nn.Module:
-        return _FAMILIES[self.name](ratio=ratio, num_classes=self.num_classes, conv_impl=self.conv_impl)
+        # Families that support a width multiplier take a `width` field (CNN, ResNet18).
+        extra = {"width": self.width} if self.width != 1.0 else {}
+        return _FAMILIES[self.name](ratio=ratio, num_classes=self.num_classes, conv_impl=self.conv_impl, **extra)
 
     def _declared_init(self, key: PRNGKey, ratio: float):
         dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
@@ -95,13 +98,20 @@ class ModelSpec:
         """Every width unit's channel count at `ratio`, in declaration order."""
         return unit_widths(*_shapes_and_axes(self, ratio))
 
+    def _scaled_widths(self, ratio: float) -> list[int]:
+        """floor(floor(C * width) * ratio) per unit, from the full-width model's widths: a
+        zero-width member cannot be built to read them from (the family contract: every unit
+        is scaled this way)."""
+        full = dataclasses.replace(self, width=1.0).unit_widths(1.0)
+        return [scaled_width(scaled_width(c, self.width), ratio) for c in full.values()]
+
     def narrowest_ratio(self) -> float:
         """The smallest ratio at which no unit has zero width."""
-        return 1.0 / min(self.unit_widths(1.0).values())
+        return 1.0 / min(self._scaled_widths(1.0))
 
     def fits(self, ratio: float) -> bool:
         """No unit of the model at `ratio` has zero width."""
-        return all(scaled_width(w, ratio) >= 1 for w in self.unit_widths(1.0).values())
+        return min(self._scaled_widths(ratio)) >= 1
 
     def apply(
         self, ratio: float, variables: Variables, images: jax.Array, train: bool = False, *, rng: PRNGKey | None = None
@@ -124,15 +134,15 @@ def _shapes_and_axes(model: ModelSpec, ratio: float):
     return split_declared(boxed)
 
 
-def example_model(name: str) -> ModelSpec:
+def example_model(name: str, width: float = 1.0) -> ModelSpec:
     """The family `name` on its example input (10 classes): its unit widths, without data."""
-    return ModelSpec(name, 10, _EXAMPLE_INPUTS.get(name, ()), "im2col")
+    return ModelSpec(name, 10, _EXAMPLE_INPUTS.get(name, ()), "im2col", width)
 
 
 def make_model(
-    name: str, num_classes: int, input_shape: tuple[int, ...], conv_impl: str = "auto"
+    name: str, num_classes: int, input_shape: tuple[int, ...], conv_impl: str = "auto", width: float = 1.0
 ) -> ModelSpec:
-    return ModelSpec(name, num_classes, tuple(input_shape), resolve_conv_impl(conv_impl))
+    return ModelSpec(name, num_classes, tuple(input_shape), resolve_conv_impl(conv_impl), width)
 
 
 register_model("cnn", CNN)
