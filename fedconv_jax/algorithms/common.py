@@ -24,7 +24,7 @@ from fedconv_jax.core.skeleton import (
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.streams import slot_keys
 from fedconv_jax.core.tuning import make_optimizer
-from fedconv_jax.core.types import PRNGKey
+from fedconv_jax.core.types import PRNGKey, Variables
 
 
 @struct.dataclass
@@ -44,8 +44,8 @@ class BaselineState:
       key: the run's key; per-round keys come from named streams (core.streams).
     """
 
-    global_vars: dict
-    client_vars: tuple[dict, ...]
+    global_vars: Variables
+    client_vars: tuple[Variables, ...]
     round: jax.Array
     key: PRNGKey
 

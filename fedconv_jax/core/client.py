@@ -64,7 +64,7 @@ def local_train(
     def epoch(carry, k):
         batches = shuffled_batches(k, data, batch_size)
         steps = batches.idx.shape[0]
-        rngs = jax.random.split(jax.random.fold_in(k, 1), steps) if model_rng else jnp.zeros((steps,), jnp.uint32)
+        rngs = jax.random.split(jax.random.fold_in(k, 1), steps) if model_rng else None
         carry, _ = jax.lax.scan(step, carry, (batches, rngs))
         return carry, None
 

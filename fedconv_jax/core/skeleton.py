@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fedconv_jax.core.algorithm import HParams, State
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import RoundData
 from fedconv_jax.core.participation import screen_uploads
@@ -32,8 +33,6 @@ from fedconv_jax.core.streams import slot_keys, stream_key
 from fedconv_jax.core.tuning import evaluate, refresh_batch_stats, tune
 from fedconv_jax.core.types import Metrics, Variables
 
-State = Any  # a flax.struct dataclass with `round` and `key`
-HParams = dict[str, jax.Array]
 # (state, data, hparams) -> (state, per tier what its clients start from, metrics)
 SendFn = Callable[[State, RoundData, HParams], tuple[State, tuple[Variables, ...], Metrics]]
 # (state, data, hparams, uploads) -> (state, what the next server step reads, metrics)

@@ -183,11 +183,6 @@ def init_server_state(cfg: FedConvSpec, key: PRNGKey) -> ServerState:
     )
 
 
-def _phase_key(state: ServerState, phase: str) -> PRNGKey:
-    """Keys depend on (seed, round, stream) only, so fused and phase-separated runs agree."""
-    return round_key(state, phase)
-
-
 def _map_clients(cfg: FedConvSpec, fn: Callable, shared, *xs):
     return map_clients_over_devices(cfg.devices, cfg.client_parallelism, cfg.client_chunk, fn, shared, *xs)
 
@@ -210,7 +205,7 @@ def pretrain_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparam
         return state
 
     def run(_):
-        key = _phase_key(state, "pretrain")
+        key = round_key(state, "pretrain")
         return pretrain_on_server(cfg, 1.0, state.global_vars, state.pretrain_opt, data, hparams, key)
 
     if cfg.pretrain_every_round:
@@ -229,7 +224,7 @@ def compress_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparam
     """
     gv = state.global_vars
     subs, filters, opts, metrics = [], [], [], {}
-    key = _phase_key(state, "compress")
+    key = round_key(state, "compress")
     for t, ratio in enumerate(cfg.tier_ratios):
         if ratio == 1.0:
             subs.append(gv)
@@ -270,7 +265,7 @@ def dilate_phase(
       per tier the dilated models stacked over slots, metrics).
     """
     gv = state.global_vars
-    key = _phase_key(state, "dilate")
+    key = round_key(state, "dilate")
     dilated, filters, opts, metrics = [], [], [], {}
     for t, ratio in enumerate(cfg.tier_ratios):
         if ratio == 1.0:
@@ -368,7 +363,7 @@ def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask)
 
     result = tune(
         agg_logits, state.agg_weights, state.agg_opt, data.images, data.labels,
-        data.server_train, data.server_holdout, _phase_key(state, "aggregate"),
+        data.server_train, data.server_holdout, round_key(state, "aggregate"),
         cfg.aggregate, lr=hparams["aggregate_lr"], regularizer=kld,
     )
     metrics = {"aggregate/holdout_accuracy": result.holdout_accuracy, "aggregate/best_epoch": result.best_epoch}
