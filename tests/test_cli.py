@@ -1,11 +1,14 @@
 """The command line as a new user meets it: the smoke run, and one-line errors for bad input."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import OPT_LEVEL_FLAG
 
 from fedconv_jax.cli import main
 from fedconv_jax.config import ALIASES
@@ -15,11 +18,13 @@ SMOKE = str(ROOT / "configs" / "smoke.py")
 
 
 def _smoke_run(workdir: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    """The README's first command as a fresh install runs it (progress bar included)."""
+    """The README's first command as a fresh install runs it (progress bar included), with
+    XLA's default optimisation (conftest.py lowers it for the rest of the suite)."""
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(OPT_LEVEL_FLAG, "").strip()}
     return subprocess.run(
         [sys.executable, "-m", "fedconv_jax.cli", "run", "--config", SMOKE, "--workdir", str(workdir),
          "--compile-cache", str(cache), *extra],
-        capture_output=True, text=True, timeout=900,  # a safety stop: a shared CI core can triple the ~2 min run
+        capture_output=True, text=True, env=env, timeout=900,  # a safety stop: a shared CI core can triple the ~2 min run
     )
 
 
