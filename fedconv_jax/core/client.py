@@ -36,7 +36,7 @@ def local_train(
     is drawn from the epoch's key apart from its batch order; without, none is drawn (the
     draws cost compile time even when unused).
     """
-    optimizer = optax.adam(lr)
+    optimizer = optax.flatten(optax.adam(lr))  # one Adam update per step, not one per tensor
 
     def train_step(carry, idx, mask, rng):
         params, stats, opt_state = carry

@@ -296,11 +296,26 @@ def init_filters(key: PRNGKey, big: Params, small: Params, config: FilterConfig)
 def apply_filters(
     filters: Params, params: Params, config: FilterConfig, transpose: bool
 ) -> Params:
-    """Applies each tensor's filters to it, vmapped over its taps."""
+    """Applies each tensor's filters to it, tap image by tap image.
 
-    def one_tensor(filt: dict, x: jax.Array) -> jax.Array:
-        residual = _has_residual(x.ndim, config)
-        tap_fn = lambda tap, image: apply_tap(tap, image, residual, config, transpose)
-        return from_taps(jax.vmap(tap_fn)(filt, as_taps(x)), x.shape)
-
-    return jax.tree.map(one_tensor, filters, params, is_leaf=lambda f: isinstance(f, dict) and "v" in f)
+    Tensors whose tap images share (image shape, kernel shape, residual) are filtered as one
+    batch: their taps are concatenated and one vmapped filter module runs over all of them.
+    The program then holds one filter op per group instead of one per tensor (ResNet18: 74
+    tensors, 14 groups), and compile time grows with the op count.
+    """
+    filter_leaves, treedef = jax.tree.flatten(filters, is_leaf=lambda f: isinstance(f, dict) and "v" in f)
+    tensors = treedef.flatten_up_to(params)
+    groups: dict[tuple, list[int]] = {}
+    for i, (filt, x) in enumerate(zip(filter_leaves, tensors)):
+        key = (as_taps(x).shape[1:], filt["v"].shape[1:], _has_residual(x.ndim, config))
+        groups.setdefault(key, []).append(i)
+    out = [None] * len(tensors)
+    for (_, _, residual), members in groups.items():
+        images = [as_taps(tensors[i]) for i in members]
+        filt = jax.tree.map(lambda *parts: jnp.concatenate(parts), *(filter_leaves[i] for i in members))
+        tap_fn = lambda tap, image: apply_tap(tap, image, residual, config, transpose)  # noqa: B023
+        y = jax.vmap(tap_fn)(filt, jnp.concatenate(images))
+        ends = np.cumsum([image.shape[0] for image in images]).tolist()
+        for i, start, end in zip(members, [0, *ends[:-1]], ends):
+            out[i] = from_taps(y[start:end], tensors[i].shape)
+    return jax.tree.unflatten(treedef, out)
