@@ -41,7 +41,14 @@ def conv_geometry(size: int, kernel: int, stride: int, padding: Padding) -> tupl
     raise ValueError(f"padding={padding!r} is not known; allowed: SAME, VALID or an integer >= 0")
 
 
-def im2col_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = "SAME") -> jax.Array:
+Strides = int | tuple[int, int]  # one stride for both spatial axes, or (rows, cols)
+
+
+def _pair(strides: Strides) -> tuple[int, int]:
+    return (strides, strides) if isinstance(strides, int) else tuple(strides)
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Strides = 1, padding: Padding = "SAME") -> jax.Array:
     """2-D convolution as one matmul. x: (N, H, W, I); kernel: (kh, kw, I, O).
 
     With one input channel the patch matrix would have only kh*kw columns, a matmul shape
@@ -49,13 +56,12 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padd
     instead (one fused elementwise loop; benchmarks/README.md, "Client step profile").
     """
     kh, kw, cin, cout = kernel.shape
-    top, bottom, height = conv_geometry(x.shape[1], kh, strides, padding)
-    left, right, width = conv_geometry(x.shape[2], kw, strides, padding)
+    sh, sw = _pair(strides)
+    top, bottom, height = conv_geometry(x.shape[1], kh, sh, padding)
+    left, right, width = conv_geometry(x.shape[2], kw, sw, padding)
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    rows, cols = strides * (height - 1) + 1, strides * (width - 1) + 1
-    patches = [
-        padded[:, a : a + rows : strides, b : b + cols : strides, :] for a in range(kh) for b in range(kw)
-    ]
+    rows, cols = sh * (height - 1) + 1, sw * (width - 1) + 1
+    patches = [padded[:, a : a + rows : sh, b : b + cols : sw, :] for a in range(kh) for b in range(kw)]
     if cin == 1:
         taps = kernel.reshape(kh * kw, 1, cout)
         return sum(patch @ tap for patch, tap in zip(patches, taps))
@@ -63,11 +69,12 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padd
     return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
-def lax_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = "SAME") -> jax.Array:
+def lax_conv(x: jax.Array, kernel: jax.Array, strides: Strides = 1, padding: Padding = "SAME") -> jax.Array:
     """The same convolution with `lax.conv_general_dilated` (fastest on GPU/TPU)."""
-    pads = [conv_geometry(n, k, strides, padding)[:2] for n, k in zip(x.shape[1:3], kernel.shape[:2])]
+    pair = _pair(strides)
+    pads = [conv_geometry(n, k, st, padding)[:2] for n, k, st in zip(x.shape[1:3], kernel.shape[:2], pair)]
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(strides, strides), padding=pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel, window_strides=pair, padding=pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
@@ -87,7 +94,7 @@ class Conv(nn.Module):
     features: int
     axes: tuple[str | None, str | None] = (None, None)
     kernel_size: tuple[int, int] = (3, 3)
-    strides: int = 1
+    strides: Strides = 1
     padding: Padding = "SAME"
     use_bias: bool = True
     impl: str = "im2col"
@@ -131,19 +138,24 @@ class BatchNorm(nn.Module):
     Attributes:
       axis: width-axis name of the channels.
       momentum: running statistics keep this share of their previous value.
+      affine: learn a scale and a bias; without, they are fixed at 1 and 0 (the authors'
+        HARBox model freezes them with `requires_grad_(False)`).
     """
 
     axis: str | None = None
     momentum: float = 0.9
     epsilon: float = 1e-5
+    affine: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         features = (x.shape[-1],)
         mean = self.variable("batch_stats", "mean", declare(nn.initializers.zeros_init(), self.axis), None, features)
         var = self.variable("batch_stats", "var", declare(nn.initializers.ones_init(), self.axis), None, features)
-        scale = self.param("scale", declare(nn.initializers.ones_init(), self.axis), features)
-        bias = self.param("bias", declare(nn.initializers.zeros_init(), self.axis), features)
+        scale, bias = 1.0, 0.0
+        if self.affine:
+            scale = self.param("scale", declare(nn.initializers.ones_init(), self.axis), features)
+            bias = self.param("bias", declare(nn.initializers.zeros_init(), self.axis), features)
         if train:
             reduce = tuple(range(x.ndim - 1))
             batch_mean = jnp.mean(x, reduce)
