@@ -55,7 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.algorithm = "fedconv"  # "fedconv" or a baseline: fedavg_small, fedavg_full, heterofl, fedrolex, feddropout, standalone, serveralone
     c.dataset = "digits"  # "digits" (scikit-learn's bundled 8x8 digits) or "tfds:<name>" (prepared/imported)
     c.data_dir = ""  # TFDS data dir; "" = $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets
-    c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN), "cnn_bn" (the same with BatchNorm) or "resnet18" (CIFAR, 32x32x3)
+    c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN), "cnn_bn" (with BatchNorm), "resnet18" (CIFAR, 32x32x3), "har_wiar", "har_dcd", "har_harbox" (1 channel)
+    c.image_size = 0  # zero-pad every image (centred) to image_size x image_size; 0 = as loaded
+    c.channels = 0  # repeat a single-channel image this many times (3: MNIST as a 32x32x3 stand-in); 0 = as loaded
     c.global_width = 1.0  # multiplier of every width of the model family, before any SR (e.g. 0.125: resnet18 on a CPU)
     c.seed = 0  # one seed for data split, init and every random draw
     c.data_seed = -1  # seed of the data split and of D's held-out slice alone; -1 = seed (a sweep pins it)
@@ -232,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("local_lr", "pretrain_lr", "filter_lr", "aggregate_lr"):
         _number(config, field, 0.0, 10.0, low_open=True)
     _positive_int(config, "devices")
+    _positive_int(config, "image_size", minimum=0, maximum=4096)
+    _positive_int(config, "channels", minimum=0, maximum=64)
     _positive_int(config, "clients_per_round", minimum=0)
     if config.clients_per_round > config.num_clients:
         raise ConfigError("clients_per_round", config.clients_per_round, f"an integer in [0, num_clients={config.num_clients}]")

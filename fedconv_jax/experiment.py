@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedconv_jax import checkpointing
-from fedconv_jax.config import data_seed, make_hparams, make_round_spec
+from fedconv_jax.config import ConfigError, data_seed, make_hparams, make_round_spec
 from fedconv_jax.core.algorithm import (
     FederatedAlgorithm,
     HParams,
@@ -31,7 +31,7 @@ from fedconv_jax.core.sharding import (
 )
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.costs import client_costs
-from fedconv_jax.data import Dataset, load_dataset, split_federated
+from fedconv_jax.data import Dataset, fit_images, load_dataset, split_federated
 from fedconv_jax.device_data import group_tiers, make_round_data
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 
@@ -80,6 +80,7 @@ def build_experiment(
     """
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir or None)
+    dataset = fit_images(dataset, config.image_size, config.channels)
     split = split_federated(
         dataset.labels, config.num_clients, config.alpha, data_seed(config), tuple(config.split_fractions),
         partition=config.partition, shards_per_client=config.shards_per_client,
@@ -87,6 +88,9 @@ def build_experiment(
     ratios, members = group_tiers(config.shrink_ratios)
     capacity = tuple(padded_capacity(len(m), slot_multiple or config.devices) for m in members)
     spec = make_round_spec(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])
+    problem = spec.model.input_problem()
+    if problem:
+        raise ConfigError("model", config.model, f"a family that fits the data ({problem}; see config.image_size / channels)")
     algorithm = make_algorithm(config.algorithm, spec, config)
     data = make_round_data(
         dataset, split, members, batch_size=config.batch_size,

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import OPT_LEVEL_FLAG
 
 from fedconv_jax.cli import main
@@ -85,6 +84,11 @@ BAD = [
     ("dataset", "tfds:", "digits or tfds:<name>"),
     ("partition", "pathological", "one of dirichlet, iid, shards"),
     ("shards_per_client", "0", "an integer in [1, "),
+    # Checked on the loaded data, before anything compiles: digits are 8x8x1.
+    ("model", "resnet18", "resnet18 takes 3-channel examples, the data's are 8x8x1"),
+    ("model", "har_wiar", "har_wiar's strides and pools leave nothing of a 8x8x1 example"),
+    ("image_size", "4", "at least the data's 8x8"),
+    ("channels", "-1", "an integer in [0, 64]"),
 ]
 
 

@@ -383,3 +383,20 @@ def test_bad_partition_arguments_are_refused(digits, kwargs, message):
     kwargs = {"num_clients": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         split_federated(digits.labels, kwargs.pop("num_clients"), 1.0, seed=0, **kwargs)
+
+
+def test_fit_images_pads_centred_and_repeats_one_channel():
+    from fedconv_jax.data import fit_images
+
+    digits = load_digits()
+    fitted = fit_images(digits, 12, 3)
+    assert fitted.images.shape == (digits.images.shape[0], 12, 12, 3)
+    np.testing.assert_array_equal(fitted.images[:, 2:10, 2:10, 1], digits.images[..., 0])
+    assert fitted.images[:, :2].max() == 0 and fitted.images[:, :, 10:].max() == 0
+    assert fit_images(digits) is digits  # 0, 0: as loaded
+    odd = fit_images(digits, 11)  # the odd pixel goes after
+    np.testing.assert_array_equal(odd.images[:, 1:9, 1:9], digits.images)
+    with pytest.raises(ValueError, match="config.image_size=6 is not allowed"):
+        fit_images(digits, 6)
+    with pytest.raises(ValueError, match="config.channels=2 is not allowed: the data has 3 channels"):
+        fit_images(fitted, 0, 2)

@@ -111,8 +111,8 @@ def test_mnist_pickle_import_has_the_official_class_counts(tmp_path):
     assert builder.info.splits["train"].num_examples == 60000
     assert builder.info.splits["test"].num_examples == 10000
     for split, want in (("train", MNIST_TRAIN_COUNTS), ("test", MNIST_TEST_COUNTS)):
-        source = builder.as_data_source(split=split)
-        labels = np.array([source[i]["label"] for i in range(len(source))])
+        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        labels = np.array([source[i]["label"] for i in range(len(source))])  # no PNG decoding: 3x faster
         assert np.bincount(labels, minlength=10).tolist() == want
     first = builder.as_data_source(split="test")[0]["image"]
     assert first.shape == (28, 28, 1) and first.dtype == np.uint8 and first.max() > 200

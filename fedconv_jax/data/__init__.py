@@ -7,12 +7,19 @@ from fedconv_jax.data.partition import (
     partition_summary,
     split_federated,
 )
-from fedconv_jax.data.sources import Dataset, is_dataset_name, load_dataset, load_digits
+from fedconv_jax.data.sources import (
+    Dataset,
+    fit_images,
+    is_dataset_name,
+    load_dataset,
+    load_digits,
+)
 
 __all__ = [
     "PARTITIONS",
     "Dataset",
     "FederatedSplit",
+    "fit_images",
     "is_dataset_name",
     "load_dataset",
     "load_digits",

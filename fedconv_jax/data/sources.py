@@ -69,6 +69,40 @@ def load_digits() -> Dataset:
     return Dataset(name="digits", images=images, labels=labels, num_classes=10)
 
 
+def fit_images(dataset: Dataset, image_size: int = 0, channels: int = 0) -> Dataset:
+    """The data set with its images zero-padded (centred) to image_size x image_size and its
+    single channel repeated `channels` times; 0 leaves that part as it is.
+
+    A CPU stand-in for the paper's 32x32x3 models (real MNIST padded to 32x32x3 for
+    ResNet18), not a substitute for CIFAR: padding adds no information. Never resizes.
+
+    Raises:
+        ValueError: naming `image_size` or `channels` when the images are larger, or have
+            several channels that are not `channels`.
+    """
+    images = dataset.images
+    height, width, have = images.shape[1:]
+    if image_size:
+        if image_size < max(height, width):
+            raise ValueError(
+                f"config.image_size={image_size} is not allowed: at least the data's {height}x{width} "
+                "(images are zero-padded, never cropped or resized)"
+            )
+        top, left = (image_size - height) // 2, (image_size - width) // 2
+        pads = ((0, 0), (top, image_size - height - top), (left, image_size - width - left), (0, 0))
+        images = np.pad(images, pads)
+    if channels and channels != have:
+        if have != 1:
+            raise ValueError(
+                f"config.channels={channels} is not allowed: the data has {have} channels; only a single "
+                f"channel is repeated (0 or {have} keeps them)"
+            )
+        images = np.repeat(images, channels, axis=-1)
+    if images is dataset.images:
+        return dataset
+    return dataclasses.replace(dataset, images=np.ascontiguousarray(images, dtype=np.float32))
+
+
 BUNDLED: dict[str, Callable[[], Dataset]] = {"digits": load_digits}
 TFDS_PREFIX = "tfds:"
 

@@ -16,16 +16,23 @@ from flax import linen as nn
 from fedconv_jax.core.types import PRNGKey, Variables
 from fedconv_jax.models.axes import scaled_width, split_declared, unit_widths
 from fedconv_jax.models.cnn import CNN
+from fedconv_jax.models.har import HAR_FAMILIES, HARCNN
 from fedconv_jax.models.layers import resolve_conv_impl
 from fedconv_jax.models.resnet import ResNet18
 
 _FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 _EXAMPLE_INPUTS: dict[str, tuple[int, ...]] = {}
 _DROPOUT: set[str] = set()
+_CHANNELS: dict[str, int] = {}
 
 
 def register_model(
-    name: str, family: Callable[..., nn.Module], example_input: tuple[int, ...] = (28, 28, 1), *, dropout: bool = False
+    name: str,
+    family: Callable[..., nn.Module],
+    example_input: tuple[int, ...] = (28, 28, 1),
+    *,
+    dropout: bool = False,
+    channels: int | None = None,
 ) -> None:
     """Registers a model family under `name` (the `model` config field).
 
@@ -34,6 +41,9 @@ def register_model(
         before any data is loaded (config validation).
       dropout: the family draws from the "dropout" rng stream in training, so client
         training passes it a key per step.
+      channels: the input channels the family is meant for (ResNet18: 3 colours; the HAR
+        CNNs: 1 signal plane); None accepts any. Data with others is refused before
+        anything compiles.
     """
     if name in _FAMILIES:
         raise ValueError(f"model {name!r} is registered twice")
@@ -41,6 +51,8 @@ def register_model(
     _EXAMPLE_INPUTS[name] = tuple(example_input)
     if dropout:
         _DROPOUT.add(name)
+    if channels is not None:
+        _CHANNELS[name] = channels
 
 
 def unregister_model(name: str) -> None:
@@ -48,6 +60,7 @@ def unregister_model(name: str) -> None:
     _FAMILIES.pop(name, None)
     _EXAMPLE_INPUTS.pop(name, None)
     _DROPOUT.discard(name)
+    _CHANNELS.pop(name, None)
     _shapes_and_axes.cache_clear()
 
 
@@ -113,6 +126,23 @@ class ModelSpec:
         """No unit of the model at `ratio` has zero width."""
         return min(self._scaled_widths(ratio)) >= 1
 
+    def input_problem(self) -> str | None:
+        """Why `input_shape` does not fit the family, or None: the channels it is meant for,
+        and a build that must leave every layer non-empty (pools and strides can shrink a
+        small image to nothing). Shapes only, nothing is compiled."""
+        shape = "x".join(map(str, self.input_shape))
+        want = _CHANNELS.get(self.name)
+        if want is not None and self.input_shape[-1:] != (want,):
+            return f"{self.name} takes {want}-channel examples, the data's are {shape}"
+        try:
+            variables = jax.eval_shape(lambda: self.init(jax.random.key(0), 1.0))
+            logits = jax.eval_shape(lambda v: self.apply(1.0, v, jnp.zeros((1, *self.input_shape)))[0], variables)
+        except (ArithmeticError, ValueError, TypeError):  # a pooled- or strided-away feature map
+            variables = logits = None
+        if logits is None or logits.shape != (1, self.num_classes) or any(x.size == 0 for x in jax.tree.leaves(variables)):
+            return f"{self.name}'s strides and pools leave nothing of a {shape} example"
+        return None
+
     def apply(
         self, ratio: float, variables: Variables, images: jax.Array, train: bool = False, *, rng: PRNGKey | None = None
     ) -> tuple[jax.Array, dict]:
@@ -147,4 +177,6 @@ def make_model(
 
 register_model("cnn", CNN)
 register_model("cnn_bn", functools.partial(CNN, batch_norm=True))
-register_model("resnet18", ResNet18, (32, 32, 3))
+register_model("resnet18", ResNet18, (32, 32, 3), channels=3)
+for _name, (_layers, _input) in HAR_FAMILIES.items():
+    register_model(_name, functools.partial(HARCNN, **_layers), _input, channels=1)
