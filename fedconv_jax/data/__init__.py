@@ -6,6 +6,7 @@ from fedconv_jax.data.partition import (
     pad_index_lists,
     partition_summary,
     split_federated,
+    split_natural,
 )
 from fedconv_jax.data.sources import (
     Dataset,
@@ -26,4 +27,5 @@ __all__ = [
     "pad_index_lists",
     "partition_summary",
     "split_federated",
+    "split_natural",
 ]

@@ -174,11 +174,15 @@ def check_splits(splits: Splits, num_classes: int | None = None) -> int:
     return classes
 
 
-def write_tfds(name: str, splits: Splits, num_classes: int, data_dir: Path, version: str = "1.0.0") -> Path:
+def write_tfds(
+    name: str, splits: Splits, num_classes: int, data_dir: Path, version: str = "1.0.0",
+    groups: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Stores splits as a TFDS array_record data set with a TF-free builder; returns its dir.
 
     uint8 examples of shape (H, W, C <= 4) become a PNG `Image` feature (as TFDS's own image
-    sets); anything else a `Tensor` feature of the examples' dtype.
+    sets); anything else a `Tensor` feature of the examples' dtype. `groups` (per split, one
+    int per example) adds a "user" feature: the natural partition's client of each example.
     """
     import tensorflow_datasets as tfds
 
@@ -189,9 +193,10 @@ def write_tfds(name: str, splits: Splits, num_classes: int, data_dir: Path, vers
         image_feature = tfds.features.Image(shape=shape)
     else:
         image_feature = tfds.features.Tensor(shape=shape, dtype=x0.dtype if x0.dtype == np.uint8 else np.float32)
-    features = tfds.features.FeaturesDict(
-        {"image": image_feature, "label": tfds.features.ClassLabel(num_classes=num_classes)}
-    )
+    feature_dict = {"image": image_feature, "label": tfds.features.ClassLabel(num_classes=num_classes)}
+    if groups is not None:
+        feature_dict["user"] = tfds.features.Tensor(shape=(), dtype=np.int64)
+    features = tfds.features.FeaturesDict(feature_dict)
 
     def encode(example):
         if not as_image:
@@ -206,14 +211,21 @@ def write_tfds(name: str, splits: Splits, num_classes: int, data_dir: Path, vers
         VERSION = tfds.core.Version(version)
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+            # Grouped examples keep their order (time order for windows): the natural
+            # partition splits each user's windows by time, which a shuffle would undo.
+            return tfds.core.DatasetInfo(
+                builder=self, features=features, supervised_keys=("image", "label"), disable_shuffling=groups is not None
+            )
 
         def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(x, y) for split, (x, y) in splits.items()}
+            return {split: self._generate_examples(split, x, y) for split, (x, y) in splits.items()}
 
-        def _generate_examples(self, x, y):
+        def _generate_examples(self, split, x, y):
             for i in range(len(y)):
-                yield i, {"image": encode(x[i]), "label": int(y[i])}
+                example = {"image": encode(x[i]), "label": int(y[i])}
+                if groups is not None:
+                    example["user"] = int(groups[split][i])
+                yield i, example
 
     _Import.name = name
     builder = _Import(data_dir=str(data_dir), file_format="array_record")
@@ -221,13 +233,33 @@ def write_tfds(name: str, splits: Splits, num_classes: int, data_dir: Path, vers
     return Path(builder.data_dir)
 
 
-def import_dataset(name: str, source: str | Path, data_dir=None, num_classes: int | None = None) -> Path:
-    """Reads `source` (format from its name), validates it and writes `<data_dir>/<name>/...`."""
+def _hapt_splits(path: Path, transitions: bool) -> tuple[Splits, dict[str, np.ndarray], int]:
+    from fedconv_jax.data import hapt
+
+    activities = hapt.ALL_ACTIVITIES if transitions else hapt.BASIC_ACTIVITIES
+    x, y, users = hapt.windows(hapt.read_hapt_recordings(path), activities)
+    return {"train": (x[..., None], y)}, {"train": users}, len(activities)
+
+
+def import_dataset(
+    name: str, source: str | Path, data_dir=None, num_classes: int | None = None, transitions: bool = False
+) -> Path:
+    """Reads `source`, validates it and writes `<data_dir>/<name>/...`.
+
+    The format follows from the file's name, except for NAME "hapt": UCI HAPT recordings
+    (data/hapt.py) cut into 2.56 s windows of the six basic activities (with `transitions`,
+    the six postural transitions too), each window keeping its user.
+    """
     source = Path(source).expanduser()
     if not source.exists():
         raise ImportFileError(f"--from {source}: no such file or directory")
-    fmt = detect_format(source)
-    splits = _READERS[fmt](source)
+    groups = None
+    if name == "hapt":
+        splits, groups, num_classes = _hapt_splits(source, transitions)
+    else:
+        if transitions:
+            raise ImportFileError(f"--transitions is for NAME hapt, not {name}")
+        splits = _READERS[detect_format(source)](source)
     classes = check_splits(splits, num_classes)
     # (H, W) examples get a channel axis, so uint8 ones are stored as images.
     splits = {s: (x[..., None] if x.ndim == 3 else x, np.asarray(y, np.int64)) for s, (x, y) in splits.items()}
@@ -236,4 +268,4 @@ def import_dataset(name: str, source: str | Path, data_dir=None, num_classes: in
     target = root / name / version
     if target.exists():
         shutil.rmtree(target)  # re-importing replaces the old copy (and its decode cache)
-    return write_tfds(name, splits, classes, root, version)
+    return write_tfds(name, splits, classes, root, version, groups)

@@ -186,7 +186,7 @@ def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return perm[np.argsort(keys, kind="stable")]
 
 
-PARTITIONS = ("dirichlet", "iid", "shards")
+PARTITIONS = ("dirichlet", "iid", "shards", "natural")
 
 
 def iid_proportions(num_classes: int, num_clients: int) -> np.ndarray:
@@ -271,6 +271,8 @@ def split_federated(
     _check_alpha(alpha)
     _check_num_clients(num_clients)
     fracs = _check_fractions(fractions)
+    if partition == "natural":
+        raise ValueError("partition=natural needs each example's user: use split_natural")
     if partition not in PARTITIONS:
         raise ValueError(f"partition={partition!r} is not known; allowed: {', '.join(PARTITIONS)}")
     if max_redraws < 0:
@@ -322,6 +324,58 @@ def split_federated(
     return FederatedSplit(
         server_train=np.sort(server_train),
         server_test=np.sort(server_test),
+        client_train=tuple(client_train),
+        client_test=tuple(client_test),
+    )
+
+
+def split_natural(
+    labels: np.ndarray, groups: np.ndarray, num_clients: int, seed: int,
+    fractions: Sequence[float] = (0.05, 0.20, 0.70, 0.05),
+) -> FederatedSplit:
+    """One client per group (a HAR data set's user): the data's own non-IID split.
+
+    ``num_clients`` groups, drawn by ``seed``, become the clients (in ascending group id);
+    every other group is held out for the server, whose D and test set are a
+    class-stratified split of the held-out groups' examples in the ratio of
+    ``fractions[0] : fractions[1]``. The server thus tunes and tests on people no client
+    is, as a deployed server would. Each client's examples are split into train and test
+    in the ratio ``fractions[2] : fractions[3]`` per class, in index order (time order for
+    windowed recordings), so overlapping windows meet only at one boundary per class.
+
+    Raises:
+        ValueError: if fewer than ``num_clients + 1`` groups exist, or a client's group
+            has no example.
+    """
+    fracs = _check_fractions(fractions)
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups.shape={groups.shape} must equal labels.shape={labels.shape}")
+    ids = np.unique(groups)
+    if not 1 <= num_clients < ids.size:
+        raise ValueError(
+            f"num_clients={num_clients} is not allowed with partition=natural: 1..{ids.size - 1} "
+            f"(the data has {ids.size} users; at least one is held out for the server)"
+        )
+    rng = np.random.default_rng(seed)
+    clients = np.sort(rng.choice(ids, num_clients, replace=False))
+    held_out = np.flatnonzero(~np.isin(groups, clients))
+    order = held_out[_stratified_order(labels[held_out], rng)]
+    n_server_train = int(round(order.size * fracs[0] / (fracs[0] + fracs[1])))
+    test_share = fracs[3] / (fracs[2] + fracs[3])
+    client_train, client_test = [], []
+    for client in clients:
+        train, test = [], []
+        for c in np.unique(labels[groups == client]):
+            members = np.flatnonzero((groups == client) & (labels == c))
+            cut = members.size - int(round(members.size * test_share))
+            train.append(members[:cut])
+            test.append(members[cut:])
+        client_train.append(np.sort(np.concatenate(train)))
+        client_test.append(np.sort(np.concatenate(test)))
+    return FederatedSplit(
+        server_train=np.sort(order[:n_server_train]),
+        server_test=np.sort(order[n_server_train:]),
         client_train=tuple(client_train),
         client_test=tuple(client_test),
     )

@@ -25,12 +25,15 @@ class Dataset:
         labels: ``(N,)`` int32 class ids in ``[0, num_classes)``.
         num_classes: Number of classes, fixed by the data set rather than by the labels
             present, so a subset with a missing class keeps the same output width.
+        groups: ``(N,)`` int64 natural client ids (a HAR recording's user), or None; the
+            "natural" partition makes one client per group.
     """
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Shape and dtype checks are O(1); catching a loader bug here is cheaper than a
@@ -50,6 +53,8 @@ class Dataset:
             raise ValueError(f"labels.dtype={self.labels.dtype} must be int32")
         if self.num_classes < 1:
             raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+        if self.groups is not None and self.groups.shape != self.labels.shape:
+            raise ValueError(f"groups.shape={self.groups.shape} must be {self.labels.shape}, one group per image")
 
 
 def load_digits() -> Dataset:

@@ -57,6 +57,9 @@ def not_prepared_message(name: str, data_dir: Path) -> str:
     )
 
 
+GROUP_KEY = "user"  # an optional int feature: each example's natural client
+
+
 def _image_and_label_keys(info) -> tuple[str, str]:
     """The (input, label) feature keys: `supervised_keys` if set, else found by type."""
     import tensorflow_datasets as tfds
@@ -101,17 +104,23 @@ def dataset_from_builder(builder, name: str, splits: tuple[str, ...] | None = No
     info = builder.info
     image_key, label_key = _image_and_label_keys(info)
     num_classes = int(info.features[label_key].num_classes)
-    images, labels = [], []
+    has_groups = GROUP_KEY in info.features  # e.g. the user of a HAR window (the natural partition)
+    images, labels, groups = [], [], []
     for split in splits or tuple(sorted(info.splits)):
         source = builder.as_data_source(split=split)
         records = [source[i] for i in range(len(source))]
         images.append(np.stack([np.asarray(r[image_key]) for r in records]))
         labels.append(np.asarray([r[label_key] for r in records], dtype=np.int64))
+        if has_groups:
+            groups.append(np.asarray([r[GROUP_KEY] for r in records], dtype=np.int64))
     x = _to_float_images(np.concatenate(images))
     y = np.concatenate(labels)
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"dataset {name}: labels span [{y.min()}, {y.max()}], allowed [0, {num_classes})")
-    return Dataset(name=f"tfds:{name}", images=x, labels=y.astype(np.int32), num_classes=num_classes)
+    return Dataset(
+        name=f"tfds:{name}", images=x, labels=y.astype(np.int32), num_classes=num_classes,
+        groups=np.concatenate(groups) if has_groups else None,
+    )
 
 
 def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
