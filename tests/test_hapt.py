@@ -27,6 +27,8 @@ def test_hapt_import_gives_labelled_windows_with_their_users(tmp_path, capsys):
     assert data.images.shape == (10017, 128, 6, 1) and data.num_classes == 6
     assert np.bincount(data.labels).tolist() == BASIC_COUNTS
     assert np.unique(data.groups).tolist() == list(range(1, 31))
+    again = load_dataset("tfds:hapt", str(tmp_path))  # from the decode cache: the users too
+    assert np.array_equal(again.groups, data.groups) and np.array_equal(again.images, data.images)
     # Gravity is on acc-x for a phone worn upright at the waist: mean about 0.8 g.
     assert 0.7 < float(data.images[..., 0, 0].mean()) < 0.9
     # The sdist tarball a user gets with `pip download` holds the same file.

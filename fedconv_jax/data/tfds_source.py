@@ -139,7 +139,8 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     cache = version_dir / "fedconv_cache.npz"
     if cache.is_file() and cache.stat().st_mtime >= (version_dir / "dataset_info.json").stat().st_mtime:
         with np.load(cache) as f:
-            return Dataset(f"tfds:{name}", f["images"], f["labels"], int(f["num_classes"]))
+            groups = f["groups"] if "groups" in f else None
+            return Dataset(f"tfds:{name}", f["images"], f["labels"], int(f["num_classes"]), groups)
     import tensorflow_datasets as tfds
 
     absl_logger = logging.getLogger("absl")
@@ -151,7 +152,8 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
         absl_logger.setLevel(level)
     try:
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
+        groups = {} if dataset.groups is None else {"groups": dataset.groups}
+        np.savez(tmp, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes, **groups)
         tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
     except OSError:
         pass  # a read-only data dir only costs the decode next time
