@@ -20,7 +20,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from fedconv_jax.algorithms.fedconv.compression import compress, compress_batch_stats, init_compression_filters
+from fedconv_jax.algorithms.fedconv.compression import (
+    compress,
+    compress_batch_stats,
+    init_compression_filters,
+)
 from fedconv_jax.algorithms.fedconv.filters import FilterConfig
 from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import IndexSet
@@ -50,7 +54,7 @@ def _piece(name, model, ratio, filters_config):
         return train, (full, jax.random.key(1))
     if name == "pretrain_tune":
         def pretrain(p, opt, k):
-            logits = lambda p, x: model.apply(1.0, {"params": p, "batch_stats": full["batch_stats"]}, x)[0]  # noqa: E731
+            logits = lambda p, x: model.apply(1.0, {"params": p, "batch_stats": full["batch_stats"]}, x)[0]
             return tune(logits, p, opt, images, labels, data, data, k, loop, lr=1e-3).params
         return pretrain, (full["params"], make_optimizer().init(full["params"]), jax.random.key(2))
     sub = jax.eval_shape(lambda: model.init(jax.random.key(0), ratio))

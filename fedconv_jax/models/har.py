@@ -70,9 +70,9 @@ class HARCNN(nn.Module):
 
 
 HAR_FAMILIES = {
-    "har_wiar": (dict(kernel=7, strides=(6, (2, 6))), (90, 250, 1)),
-    "har_dcd": (dict(kernel=3, strides=(1, 1), pool=True), (36, 36, 1)),
-    "har_harbox": (dict(kernel=3, strides=(2, 2), frozen_batch_norm=True), (30, 30, 1)),
+    "har_wiar": ({"kernel": 7, "strides": (6, (2, 6))}, (90, 250, 1)),
+    "har_dcd": ({"kernel": 3, "strides": (1, 1), "pool": True}, (36, 36, 1)),
+    "har_harbox": ({"kernel": 3, "strides": (2, 2), "frozen_batch_norm": True}, (30, 30, 1)),
 }
 
 __all__ = ["HARCNN", "HAR_FAMILIES"]

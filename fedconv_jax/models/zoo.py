@@ -16,6 +16,7 @@ from flax import linen as nn
 from fedconv_jax.core.types import PRNGKey, Variables
 from fedconv_jax.models.axes import scaled_width, split_declared, unit_widths
 from fedconv_jax.models.cnn import CNN
+from fedconv_jax.models.googlenet import GoogLeNet
 from fedconv_jax.models.har import HAR_FAMILIES, HARCNN
 from fedconv_jax.models.layers import resolve_conv_impl
 from fedconv_jax.models.resnet import ResNet18
@@ -178,5 +179,6 @@ def make_model(
 register_model("cnn", CNN)
 register_model("cnn_bn", functools.partial(CNN, batch_norm=True))
 register_model("resnet18", ResNet18, (32, 32, 3), channels=3)
+register_model("googlenet", GoogLeNet, (32, 32, 3), channels=3)
 for _name, (_layers, _input) in HAR_FAMILIES.items():
     register_model(_name, functools.partial(HARCNN, **_layers), _input, channels=1)
