@@ -5,14 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_slicing import sliced_and_zeroed
+from test_resnet import assert_compression_generates_tier_shapes
+from test_slicing import assert_sliced_equals_zeroed
 
-from fedconv_jax.algorithms import slicing
-from fedconv_jax.algorithms.fedconv.compression import (
-    compress,
-    init_compression_filters,
-)
-from fedconv_jax.algorithms.fedconv.filters import FilterConfig
 from fedconv_jax.models import example_model, make_model
 from fedconv_jax.models.har import HAR_FAMILIES
 
@@ -48,16 +43,7 @@ def test_parameter_counts_and_outputs_match_the_authors_models(name, ratio):
 
 @pytest.mark.parametrize("name", sorted(AUTHORS))
 def test_fedconv_compression_generates_the_tier_model_shapes(name):
-    model = _model(name)
-    full = jax.eval_shape(lambda: model.init(jax.random.key(0)))["params"]
-    for ratio in (0.75, 0.5, 0.4, 0.25):
-        sub = jax.eval_shape(lambda r=ratio: model.init(jax.random.key(0), r))["params"]
-
-        def generated(sub=sub):
-            f = init_compression_filters(jax.random.key(1), full, sub, FilterConfig())
-            return compress(jax.tree.map(jnp.zeros_like, full), f, FilterConfig())
-
-        assert jax.tree.map(jnp.shape, jax.eval_shape(generated)) == jax.tree.map(jnp.shape, sub)
+    assert_compression_generates_tier_shapes(_model(name))
 
 
 @pytest.mark.parametrize("name", sorted(AUTHORS))
@@ -65,23 +51,8 @@ def test_fedconv_compression_generates_the_tier_model_shapes(name):
 def test_sliced_model_equals_the_full_one_with_dropped_channels_zeroed(name, policy):
     """Eval mode with non-trivial BatchNorm statistics, on a smaller input of the same kind."""
     small_input = {"har_wiar": (30, 80, 1), "har_dcd": (12, 12, 1), "har_harbox": (16, 8, 1)}[name]
-    model, ratio = _model(name, small_input), 0.5
-    rng = np.random.default_rng(0)
-    full = model.init(jax.random.key(0))
-    full = {
-        "params": jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(np.float32), full["params"]),
-        "batch_stats": jax.tree.map(lambda x: x + rng.uniform(0.1, 0.5, x.shape).astype(np.float32), full["batch_stats"]),
-    }
-    widths, kept = model.unit_widths(1.0), model.unit_widths(ratio)
-    if policy == "nested":
-        idx = slicing.nested_indices(widths, kept, 1)
-    else:
-        idx = slicing.rolling_indices(widths, kept, 1, jnp.int32(5))
-    idx = {u: i[0] for u, i in idx.items()}
     x = jax.random.normal(jax.random.key(2), (2, *small_input))
-    _, sub_logits, full_logits = sliced_and_zeroed(model, ratio, full, idx, x)
-    np.testing.assert_allclose(sub_logits, full_logits, rtol=1e-4, atol=1e-4)
-    assert float(jnp.abs(sub_logits).max()) > 1e-3
+    assert_sliced_equals_zeroed(_model(name, small_input), 0.5, policy, x, offset=5)
 
 
 def test_unequal_strides_match_lax_conv():

@@ -167,6 +167,28 @@ def sliced_and_zeroed(model, ratio, full, idx, x):
     return run(full, idx, x)
 
 
+def assert_sliced_equals_zeroed(model, ratio, policy, x, offset=3):
+    """A nested or rolled slice of random variables (non-trivial BatchNorm statistics, eval
+    mode) computes the full model with every dropped channel zeroed: the family's slicing
+    keeps its units consistent across adds and concatenations. Values come from NumPy on the
+    model's shapes, not from its initialisers (GoogLeNet's compile for a minute)."""
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+    full = {
+        "params": jax.tree.map(lambda v: 0.2 * rng.standard_normal(v.shape).astype(np.float32), shapes["params"]),
+        "batch_stats": jax.tree.map(lambda v: rng.uniform(0.1, 0.5, v.shape).astype(np.float32), shapes["batch_stats"]),
+    }
+    widths, kept = model.unit_widths(1.0), model.unit_widths(ratio)
+    if policy == "nested":
+        idx = slicing.nested_indices(widths, kept, 1)
+    else:
+        idx = slicing.rolling_indices(widths, kept, 1, jnp.int32(offset))
+    idx = {u: i[0] for u, i in idx.items()}
+    _, sub_logits, full_logits = sliced_and_zeroed(model, ratio, full, idx, x)
+    np.testing.assert_allclose(sub_logits, full_logits, rtol=1e-4, atol=1e-4)
+    assert float(jnp.abs(sub_logits).max()) > 1e-3  # not two zero outputs
+
+
 class _Branches(nn.Module):
     """Two conv branches concatenated, then a conv reading both: a GoogLeNet-style axis."""
 
