@@ -361,14 +361,14 @@ def split_natural(
     clients = np.sort(rng.choice(ids, num_clients, replace=False))
     held_out = np.flatnonzero(~np.isin(groups, clients))
     order = held_out[_stratified_order(labels[held_out], rng)]
-    n_server_train = int(round(order.size * fracs[0] / (fracs[0] + fracs[1])))
+    n_server_train = round(order.size * fracs[0] / (fracs[0] + fracs[1]))
     test_share = fracs[3] / (fracs[2] + fracs[3])
     client_train, client_test = [], []
     for client in clients:
         train, test = [], []
         for c in np.unique(labels[groups == client]):
             members = np.flatnonzero((groups == client) & (labels == c))
-            cut = members.size - int(round(members.size * test_share))
+            cut = members.size - round(members.size * test_share)
             train.append(members[:cut])
             test.append(members[cut:])
         client_train.append(np.sort(np.concatenate(train)))
