@@ -139,7 +139,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     cache = version_dir / "fedconv_cache.npz"
     if cache.is_file() and cache.stat().st_mtime >= (version_dir / "dataset_info.json").stat().st_mtime:
         with np.load(cache) as f:
-            groups = f["groups"] if "groups" in f else None
+            groups = f.get("groups")
             return Dataset(f"tfds:{name}", f["images"], f["labels"], int(f["num_classes"]), groups)
     import tensorflow_datasets as tfds
 
