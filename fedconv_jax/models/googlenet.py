@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fedconv_jax.models.axes import scaled_width
-from fedconv_jax.models.layers import BatchNorm, Conv, Dense
+from fedconv_jax.models.layers import BatchNorm, Conv, Dense, ScaledFamily
 
 STEM = 192
 # (1x1, 3x3 reduce, 3x3, double-3x3 reduce, double-3x3, pool projection) per module.
@@ -42,23 +41,8 @@ def _max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
 
 
-class GoogLeNet(nn.Module):
-    """GoogLeNet at width `ratio` (every width floor(C * width * ratio)).
-
-    Attributes:
-      ratio: the client's shrinkage ratio, in (0, 1].
-      num_classes: class outputs; never scaled.
-      width: a multiplier applied to the whole family before `ratio`.
-      conv_impl: "im2col" or "lax" (models/layers.py).
-    """
-
-    ratio: float = 1.0
-    num_classes: int = 10
-    width: float = 1.0
-    conv_impl: str = "im2col"
-
-    def channels(self, base: int) -> int:
-        return scaled_width(scaled_width(base, self.width), self.ratio)
+class GoogLeNet(ScaledFamily):
+    """GoogLeNet at width `ratio` (fields and width rule: `layers.ScaledFamily`)."""
 
     def conv_bn_relu(self, x, base, axes, name, train, kernel=1):
         x = Conv(

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fedconv_jax.models.axes import declare
+from fedconv_jax.models.axes import declare, scaled_width
 
 CONV_IMPLS = ("auto", "im2col", "lax")
 
@@ -209,3 +209,23 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     """
     h, w = x.shape[1], x.shape[2]
     return _pool_even(x[:, : h - h % 2, : w - w % 2, :])
+
+
+class ScaledFamily(nn.Module):
+    """The fields every width-scaled family shares, and its width rule.
+
+    Attributes:
+      ratio: the client's shrinkage ratio, in (0, 1].
+      num_classes: class outputs; never scaled.
+      width: a multiplier applied to the whole family before `ratio` (e.g. 1/8 for CPU tests).
+      conv_impl: "im2col" or "lax".
+    """
+
+    ratio: float = 1.0
+    num_classes: int = 10
+    width: float = 1.0
+    conv_impl: str = "im2col"
+
+    def channels(self, base: int) -> int:
+        """floor(floor(base * width) * ratio): the family contract `ModelSpec` relies on."""
+        return scaled_width(scaled_width(base, self.width), self.ratio)

@@ -13,8 +13,7 @@ writes it, every block's second conv adds to it), and each block's inner channel
 import jax
 from flax import linen as nn
 
-from fedconv_jax.models.axes import scaled_width
-from fedconv_jax.models.layers import BatchNorm, Conv, Dense, max_pool_2x2
+from fedconv_jax.models.layers import BatchNorm, Conv, Dense, ScaledFamily, max_pool_2x2
 
 STAGES = (64, 128, 256, 512)  # channels of the four stages; two blocks each
 FIRST_BIASED_BLOCK = 4  # 1-based: the authors' convs have a bias from block 4 on
@@ -22,23 +21,8 @@ FIRST_BIASED_BLOCK = 4  # 1-based: the authors' convs have a bias from block 4 o
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-class ResNet18(nn.Module):
-    """CIFAR-style ResNet18 at width `ratio` (every width floor(C * width * ratio)).
-
-    Attributes:
-      ratio: the client's shrinkage ratio, in (0, 1].
-      num_classes: class outputs; never scaled.
-      width: a multiplier applied to the whole family before `ratio` (e.g. 1/8 for CPU tests).
-      conv_impl: "im2col" or "lax" (models/layers.py).
-    """
-
-    ratio: float = 1.0
-    num_classes: int = 10
-    width: float = 1.0
-    conv_impl: str = "im2col"
-
-    def channels(self, base: int) -> int:
-        return scaled_width(scaled_width(base, self.width), self.ratio)
+class ResNet18(ScaledFamily):
+    """CIFAR-style ResNet18 at width `ratio` (fields and width rule: `layers.ScaledFamily`)."""
 
     def conv_bn(self, x, features, axes, name, train, *, kernel=3, stride=1, bias=False):
         x = Conv(
