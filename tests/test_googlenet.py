@@ -40,7 +40,8 @@ def test_parameter_counts_match_the_authors_model(ratio, millions):
 
 
 def test_fedconv_compression_generates_the_tier_model_shapes():
-    assert_compression_generates_tier_shapes(make_model("googlenet", 10, (32, 32, 3)))
+    # 0.4: where the authors' int(C * SR) module inputs differ from the branches' sum
+    assert_compression_generates_tier_shapes(make_model("googlenet", 10, (32, 32, 3)), (0.75, 0.4))
 
 
 def test_rolled_slice_equals_the_full_model_with_dropped_channels_zeroed():
