@@ -9,6 +9,7 @@ from fedconv_jax.core.client import local_train
 from fedconv_jax.core.tuning import (
     IndexSet,
     TuningConfig,
+    adam,
     epoch_learning_rate,
     evaluate,
     make_optimizer,
@@ -37,6 +38,24 @@ def test_cosine_schedule_matches_eq2():
         want = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + np.cos(np.pi * e / 4))
         assert float(epoch_learning_rate(cfg, jnp.asarray(e), 1e-3, 1e-5)) == pytest.approx(want, rel=1e-5)
     assert float(epoch_learning_rate(TuningConfig(epochs=1), jnp.asarray(5), 3e-4, 1e-5)) == pytest.approx(3e-4)
+
+
+def test_adam_is_differentiable_where_a_gradient_is_zero_and_unchanged_elsewhere():
+    """An exactly-zero gradient (padding, a dead unit) made every meta-gradient NaN."""
+    import optax
+
+    params = {"w": jnp.array([0.5, -1.0, 2.0])}
+    grads = {"w": jnp.array([0.0, 1e-3, -0.2])}
+
+    def updated(g, optimizer):
+        updates, _ = optimizer.update({"w": g}, optimizer.init(params), params)
+        return updates["w"]
+
+    reference = optax.flatten(optax.adam(1e-3))  # eps_root = 0
+    np.testing.assert_array_equal(updated(grads["w"], adam(1e-3)), updated(grads["w"], reference))
+    jacobian = jax.jacobian(lambda g: updated(g, adam(1e-3)))(grads["w"])
+    assert np.all(np.isfinite(jacobian))
+    assert not np.all(np.isfinite(jax.jacobian(lambda g: updated(g, reference))(grads["w"])))
 
 
 def linear_logits(p, x):

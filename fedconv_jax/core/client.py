@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from fedconv_jax.core.data import IndexSet
-from fedconv_jax.core.tuning import masked_cross_entropy, shuffled_batches
+from fedconv_jax.core.tuning import adam, masked_cross_entropy, shuffled_batches
 from fedconv_jax.core.types import PRNGKey, Variables
 
 # apply_fn(variables, images, train, *, rng) -> (logits, batch_stats); rng feeds dropout
@@ -36,7 +36,7 @@ def local_train(
     is drawn from the epoch's key apart from its batch order; without, none is drawn (the
     draws cost compile time even when unused).
     """
-    optimizer = optax.flatten(optax.adam(lr))  # one Adam update per step, not one per tensor
+    optimizer = adam(lr)
 
     def train_step(carry, idx, mask, rng):
         params, stats, opt_state = carry

@@ -61,14 +61,26 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def make_optimizer() -> optax.GradientTransformation:
-    """Adam whose learning rate `tune` sets per epoch (Eq. 2) in the optimizer state.
+# Adam's sqrt(nu) has an infinite derivative where nu = 0 (a parameter whose gradient is 0:
+# padding, a dead unit, an all-padding batch's discarded step), which turns every gradient
+# through a round into NaN; inside the root, 1e-16 changes no float32 update whose
+# |gradient| is above 1e-8 (optax's eps_root, meant for meta-gradients).
+ADAM_EPS_ROOT = 1e-16
+
+
+def adam(learning_rate) -> optax.GradientTransformation:
+    """Adam, differentiable through its own updates (ADAM_EPS_ROOT), on one flat vector.
 
     Flattened (`optax.flatten`): Adam runs on one vector of every parameter, so its update
     is a few ops whatever the tensor count. Per leaf, ResNet18's filter sets (444 leaves)
     made the optimizer the largest part of the round program.
     """
-    return optax.flatten(optax.inject_hyperparams(optax.adam)(learning_rate=0.0))
+    return optax.flatten(optax.adam(learning_rate, eps_root=ADAM_EPS_ROOT))
+
+
+def make_optimizer() -> optax.GradientTransformation:
+    """`adam` whose learning rate `tune` sets per epoch (Eq. 2) in the optimizer state."""
+    return optax.flatten(optax.inject_hyperparams(optax.adam)(learning_rate=0.0, eps_root=ADAM_EPS_ROOT))
 
 
 def epoch_learning_rate(
