@@ -90,6 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
     c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
+    c.remat = False  # jax.checkpoint every tuning/local epoch and client: gradients through rounds in less memory
     c.phase_timing = True  # time each phase once in a phase-separated run (extra compile; every algorithm but serveralone)
     c.client_costs = True  # per-client bytes, FLOPs and memory in every row (one compile per model width)
     # --- checkpoints and resume (README, "Checkpoints and resume")
@@ -219,7 +220,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "conv_impl", CONV_IMPLS)
     _choice(config, "client_parallelism", CLIENT_PARALLELISM)
     _choice(config, "poison_mode", POISON_MODES)
-    bools = ("select_best", "phase_timing", "client_costs", "baseline_pretrain", "allow_config_change")
+    bools = ("select_best", "phase_timing", "client_costs", "baseline_pretrain", "allow_config_change", "remat")
     for field in bools:
         if not isinstance(config[field], bool):
             raise ConfigError(field, config[field], "true or false")
@@ -300,11 +301,15 @@ def make_round_spec(
         model=make_model(config.model, num_classes, input_shape, config.conv_impl, config.global_width),
         tier_ratios=tuple(tier_ratios),
         tier_capacity=tuple(tier_capacity),
-        pretrain=TuningConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, select_best=config.select_best),
+        pretrain=TuningConfig(
+            epochs=config.pretrain_epochs, batch_size=config.batch_size, select_best=config.select_best,
+            remat=config.remat,
+        ),
         local_epochs=config.local_epochs,
         local_batch_size=config.batch_size,
         client_parallelism=config.client_parallelism,
         client_chunk=config.client_chunk,
         devices=config.devices,
         eval_chunk=config.eval_chunk,
+        remat=config.remat,
     )

@@ -1,6 +1,8 @@
 """The whole round as one compiled program: compiles once, deterministic, carries BN state."""
 
 import contextlib
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -130,3 +132,26 @@ def test_batchnorm_state_flows_through_the_round(sampled_batchnorm_rounds):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(after))
     # BatchNorm scale/bias are compressed like conv biases: their filters exist.
     assert "bn_0" in state.compression[1]
+
+
+@pytest.mark.parametrize("statistics", ["refresh", "slice"])
+def test_compressed_batch_statistics_are_sliced_or_re_estimated_on_d(statistics):
+    from fedconv_jax.algorithms.fedconv.compression import compress_batch_stats
+    from fedconv_jax.algorithms.fedconv.round import compress_phase
+    from fedconv_jax.core.tuning import refresh_batch_stats
+
+    exp = build_experiment(tiny_config("cnn_bn"))
+    cfg = dataclasses.replace(exp.algorithm.spec, compress_statistics=statistics)
+    _, subs, _ = jax.jit(functools.partial(compress_phase, cfg))(exp.state, exp.data, exp.hparams)
+    sub = subs[1]  # the SR 0.5 tier
+    sliced = compress_batch_stats(exp.state.global_vars["batch_stats"], sub["batch_stats"])
+    if statistics == "slice":
+        jax.tree.map(np.testing.assert_array_equal, sub["batch_stats"], sliced)
+        return
+    apply_fn = functools.partial(cfg.model.apply, 0.5)
+    want = refresh_batch_stats(
+        apply_fn, {"params": sub["params"], "batch_stats": sliced}, exp.data.images, exp.data.server_train,
+        cfg.local_batch_size,
+    )["batch_stats"]
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), sub["batch_stats"], want)
+    assert not np.allclose(sub["batch_stats"]["bn_0"]["mean"], sliced["bn_0"]["mean"])

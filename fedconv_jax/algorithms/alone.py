@@ -83,7 +83,7 @@ def serveralone_round(cfg: RoundSpec, state: BaselineState, data: RoundData, hpa
     new = local_train(
         apply_fn, state.global_vars, data.images, data.labels, server_set(data),
         round_key(state, "server"), epochs=cfg.local_epochs,
-        batch_size=cfg.local_batch_size, lr=hparams["local_lr"], model_rng=cfg.model.uses_dropout,
+        batch_size=cfg.local_batch_size, lr=hparams["local_lr"], model_rng=cfg.model.uses_dropout, remat=cfg.remat,
     )
     state = state.replace(global_vars=new)
     accuracy = tuple(

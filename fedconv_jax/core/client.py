@@ -26,6 +26,7 @@ def local_train(
     batch_size: int = 32,
     lr: float = 1e-3,
     model_rng: bool = False,
+    remat: bool = False,
 ) -> Variables:
     """`epochs` of Adam over the client's padded index list; returns the trained variables.
 
@@ -34,7 +35,8 @@ def local_train(
     parameters, BatchNorm statistics and Adam's moments untouched. A fresh Adam per round,
     as in the reference code. With `model_rng` (a model with dropout), each step's model rng
     is drawn from the epoch's key apart from its batch order; without, none is drawn (the
-    draws cost compile time even when unused).
+    draws cost compile time even when unused). `remat` rematerialises each epoch in
+    reverse mode (one carry kept per epoch, not one per step).
     """
     optimizer = adam(lr)
 
@@ -68,17 +70,20 @@ def local_train(
         carry, _ = jax.lax.scan(step, carry, (batches, rngs))
         return carry, None
 
+    epoch = jax.checkpoint(epoch) if remat else epoch
     carry = (variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
     (params, stats, _), _ = jax.lax.scan(epoch, carry, jax.random.split(key, epochs))
     return {"params": params, "batch_stats": stats}
 
 
-def map_clients(parallelism: str, chunk: int, fn: Callable, *xs):
+def map_clients(parallelism: str, chunk: int, fn: Callable, *xs, remat: bool = False):
     """Applies a per-client `fn` over the leading client axis of `xs`.
 
     "vmap" runs a tier's clients side by side; "map" runs them as `lax.map` in chunks of
-    `chunk` (less memory). Shared by FedConv's round and the baselines.
+    `chunk` (less memory). Shared by FedConv's round and the baselines. `remat`
+    rematerialises each client's function in reverse mode.
     """
+    fn = jax.checkpoint(fn) if remat else fn
     if parallelism == "vmap":
         return jax.vmap(fn)(*xs)
     # batch_size=1 would still vmap every client over an axis of one, which turns the

@@ -73,18 +73,18 @@ def map_clients_sharded(mesh, local_map, shared, *xs):
 
 
 def map_clients_over_devices(
-    devices: int, parallelism: str, chunk: int, fn: Callable, shared, *xs
+    devices: int, parallelism: str, chunk: int, fn: Callable, shared, *xs, remat: bool = False
 ):
     """fn(shared, *one_client_slices) over the leading client axis of `xs`, the axis sharded
     over the first `devices` devices; within a device as `client.map_clients` says.
 
     `shared` (the data set, a tier's model) is passed, not closed over, so that with several
     devices it can enter `shard_map` as a replicated input. Used by FedConv's round and by
-    every baseline.
+    every baseline. `remat` rematerialises each client's function in reverse mode.
     """
 
     def local_map(shared, *xs):
-        return map_clients(parallelism, chunk, functools.partial(fn, shared), *xs)
+        return map_clients(parallelism, chunk, functools.partial(fn, shared), *xs, remat=remat)
 
     if devices == 1:
         return local_map(shared, *xs)

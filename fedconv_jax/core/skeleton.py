@@ -98,13 +98,17 @@ def train_clients(
         out = local_train(
             apply_fn, variables, images, labels, train_set, k,
             epochs=spec.local_epochs, batch_size=spec.local_batch_size, lr=lr, model_rng=spec.model.uses_dropout,
+            remat=spec.remat,
         )
         acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, spec.eval_chunk)
         return out, acc
 
-    shared = (data.images, data.labels, hparams["local_lr"])
+    lr = hparams["local_lr"]  # a scalar, or one rate per tier (e.g. learned per tier by gradient)
+    shared = (data.images, data.labels, lr[tier] if jnp.ndim(lr) else lr)
     clients = (data.client_train[tier], data.client_test[tier], slot_keys(key, tier, spec.tier_capacity[tier]))
-    run = functools.partial(map_clients_over_devices, spec.devices, spec.client_parallelism, spec.client_chunk)
+    run = functools.partial(
+        map_clients_over_devices, spec.devices, spec.client_parallelism, spec.client_chunk, remat=spec.remat
+    )
     if per_client:
         return run(one_client, shared, start, *clients)
     # One copy for the whole tier travels with the data (replicated, never broadcast).

@@ -27,6 +27,9 @@ class RoundSpec:
       devices: devices the client axis is sharded over (sharding.py); every tier capacity
         must be a multiple of it.
       eval_chunk: examples per evaluation chunk (bounds activation memory).
+      remat: rematerialise in reverse mode (`jax.checkpoint`) every tuning and local epoch
+        and every client's function: a gradient through rounds keeps one carry per
+        checkpoint instead of every step's activations. Values are unchanged.
     """
 
     model: ModelSpec
@@ -39,6 +42,7 @@ class RoundSpec:
     client_chunk: int = 1
     devices: int = 1
     eval_chunk: int = 1024
+    remat: bool = False
 
     @property
     def num_clients(self) -> int:

@@ -34,18 +34,22 @@ class TuningConfig:
       batch_size: examples per step.
       cosine_t_max: T_max of Eq. 2; 0 keeps the learning rate constant (reference code).
       select_best: return the epoch with the lowest held-out loss instead of the last one.
+      remat: rematerialise each epoch in reverse mode (`jax.checkpoint`): a gradient through
+        the loop keeps one carry per epoch, not one per step; the values are unchanged.
     """
 
     epochs: int
     batch_size: int = 32
     cosine_t_max: int = 0
     select_best: bool = True
+    remat: bool = False
 
     def __post_init__(self):
         check_int("epochs", self.epochs, minimum=0)
         check_int("batch_size", self.batch_size, maximum=65536)
         check_int("cosine_t_max", self.cosine_t_max, minimum=0)
         check_bool("select_best", self.select_best)
+        check_bool("remat", self.remat)
 
 
 class TuneResult(NamedTuple):
@@ -87,7 +91,7 @@ def epoch_learning_rate(
     config: TuningConfig, epoch: jax.Array, lr: ArrayLike, lr_min: ArrayLike = 0.0
 ) -> jax.Array:
     """Eq. 2: lr_min + (lr - lr_min)(1 + cos(pi e / T_max)) / 2, e the 0-based epoch."""
-    lr = jnp.asarray(lr, jnp.float32)
+    lr = jnp.asarray(lr)
     if config.cosine_t_max <= 0:
         return lr
     cos = jnp.cos(jnp.pi * epoch / config.cosine_t_max)
@@ -179,7 +183,7 @@ def tune(
         best = jax.tree.map(lambda a, b: jnp.where(better, a, b), (p, s, loss, acc, e), best)
 
         def train_epoch(p, s):
-            epoch_lr = epoch_learning_rate(config, e, lr, lr_min).astype(jnp.float32)
+            epoch_lr = epoch_learning_rate(config, e, lr, lr_min).astype(s.hyperparams["learning_rate"].dtype)
             s = s._replace(hyperparams={**s.hyperparams, "learning_rate": epoch_lr})
             batches = shuffled_batches(keys[jnp.minimum(e, config.epochs - 1)], train, config.batch_size)
             (p, s), _ = jax.lax.scan(step, (p, s), batches)
@@ -192,8 +196,10 @@ def tune(
         acc, loss = holdout_metrics(params)
         return TuneResult(params, opt_state, loss, acc, jnp.int32(0))
     keys = jax.random.split(key, config.epochs)
-    best0 = (params, opt_state, jnp.float32(jnp.inf), jnp.float32(0), jnp.int32(0))
-    (_, _, best), _ = jax.lax.scan(epoch, (params, opt_state, best0), jnp.arange(config.epochs + 1))
+    acc0, loss0 = jax.eval_shape(holdout_metrics, params)  # float32, or float64 under jax.enable_x64
+    best0 = (params, opt_state, jnp.full((), jnp.inf, loss0.dtype), jnp.zeros((), acc0.dtype), jnp.int32(0))
+    epoch = jax.checkpoint(epoch) if config.remat else epoch
+    (_, _, best), _ = jax.lax.scan(epoch, (params, opt_state, best0), jnp.arange(config.epochs + 1, dtype=jnp.int32))
     return TuneResult(*best)
 
 

@@ -1,0 +1,82 @@
+"""Memory, time and compile of value-and-grad through K rounds, with and without remat.
+
+For each K: the forward K rounds (the held-out loss on D after them), then value-and-grad of
+that loss with respect to the whole state and the traced hyper-parameters, without and with
+`remat`. Memory is XLA's analysis of each compiled program (temporaries + arguments +
+outputs, the peak a device must hold); seconds are the median of `--repeats` calls.
+
+    python benchmarks/grad_rounds.py --config configs/smoke.py --rounds 1,2,4 --out R.json
+    python benchmarks/grad_rounds.py --config configs/mnist.py --rounds 1,2 --repeats 1 \\
+        --set local_epochs=1 --set compress_epochs=1 ...
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+
+jax.config.update("jax_compilation_cache_dir", None)
+
+import fedconv_jax as fc  # noqa: E402
+from fedconv_jax.config import apply_overrides  # noqa: E402
+
+
+def _measure(fn, args, repeats):
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        seconds.append(time.perf_counter() - start)
+    return {
+        "compile_seconds": round(compile_seconds, 1),
+        "seconds": round(statistics.median(seconds), 3),
+        "temp_mib": round(memory.temp_size_in_bytes / 2**20, 2),
+        "peak_mib": round(peak / 2**20, 2),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/smoke.py")
+    parser.add_argument("--rounds", default="1,2,4")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    results = []
+    for rounds in (int(k) for k in args.rounds.split(",")):
+        for remat in (False, True):
+            config = fc.load_config(args.config)
+            apply_overrides(config, {**overrides, "phase_timing": "false", "client_costs": "false", "remat": str(remat)})
+            fc.validate(config)
+            exp = fc.build_experiment(config)
+            unrolled = fc.unroll(exp.algorithm, rounds)
+
+            def loss(state, hparams, exp=exp, unrolled=unrolled):
+                final, _ = unrolled(state, exp.data, hparams)
+                return fc.holdout_loss(exp.algorithm, final, exp.data)
+
+            inputs = (exp.state, exp.hparams)
+            if not remat:  # the forward program does not depend on remat
+                row = {"rounds": rounds, "program": "forward", **_measure(loss, inputs, args.repeats)}
+                print(json.dumps(row), flush=True)
+                results.append(row)
+            grad = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
+            row = {"rounds": rounds, "program": "value_and_grad", "remat": remat, **_measure(grad, inputs, args.repeats)}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": args.config, "overrides": overrides, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
