@@ -10,20 +10,11 @@ validation and test folders, 270,000 images, all read: the run carves its own sp
 an accelerator, like configs/cifar10.py; `--config.global_width=0.125` is the CPU-sized model.
 """
 
-from fedconv_jax.config import default_config
+from fedconv_jax.config import default_config, paper_client_setting
 
 
 def get_config():
-    config = default_config()
+    config = paper_client_setting(default_config())
     config.dataset = "tfds:cinic10"
     config.model = "googlenet"
-    config.num_clients = 20
-    config.shrink_ratios = (1.0,) * 4 + (0.75,) * 8 + (0.5,) * 4 + (0.25,) * 4
-    config.alpha = 1.0  # the paper sweeps 0.05, 0.1, 1, 1e4
-    config.rounds = 100
-    config.local_epochs = 5
-    config.pretrain_epochs = 5
-    config.compress_epochs = 20
-    config.dilate_epochs = 20
-    config.aggregate_epochs = 20
     return config

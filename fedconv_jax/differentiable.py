@@ -46,8 +46,9 @@ def holdout_loss(algorithm: FederatedAlgorithm, state: State, data: RoundData) -
     if not hasattr(state, "global_vars"):
         raise ValueError(f"algorithm {algorithm.name!r} keeps no global model to score")
     spec = algorithm.spec
+    ratio = algorithm.trained_ratio(1.0) or 1.0  # the global model's width (fedavg_small: the smallest SR)
     _, loss = evaluate(
-        lambda x: spec.model.apply(1.0, state.global_vars, x)[0], data.images, data.labels, data.server_holdout,
+        lambda x: spec.model.apply(ratio, state.global_vars, x)[0], data.images, data.labels, data.server_holdout,
         spec.eval_chunk,
     )
     return loss
