@@ -210,11 +210,22 @@ def test_remat_tuning_keeps_the_gradient(digits_model):
     _grad_equal(loss, jnp.float32(1e-2))
 
 
-def test_remat_rounds_clients_and_local_epochs_keep_the_gradient():
-    """unroll's checkpointed rounds, each client's function and its local epochs, on
-    fedavg_small (a small round with clients: send, local_train, average)."""
+def test_remat_clients_keeps_the_gradient():
+    from fedconv_jax.core.client import map_clients
+
+    xs = jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)
+
+    def loss(w, remat):
+        return jnp.sum(map_clients("map", 1, lambda x: jnp.sin(w * x) * jnp.tanh(x + w), xs, remat=remat))
+
+    _grad_equal(loss, jnp.float32(0.7))
+
+
+def test_remat_rounds_and_local_epochs_keep_the_gradient():
+    """unroll's checkpointed rounds and local_train's epochs, on serveralone (the smallest
+    round: local training on D)."""
     config = fc.default_config()
-    config.update(algorithm="fedavg_small", num_clients=2, shrink_ratios=(1.0, 0.5), local_epochs=2,
+    config.update(algorithm="serveralone", num_clients=2, shrink_ratios=(1.0, 0.5), local_epochs=2,
                   phase_timing=False, client_costs=False, global_width=0.25)
     exp = fc.build_experiment(config)
     remat_exp = fc.build_experiment(_with_remat(config))
