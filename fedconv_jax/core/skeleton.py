@@ -103,8 +103,7 @@ def train_clients(
         acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, spec.eval_chunk)
         return out, acc
 
-    lr = hparams["local_lr"]  # a scalar, or one rate per tier (e.g. learned per tier by gradient)
-    shared = (data.images, data.labels, lr[tier] if jnp.ndim(lr) else lr)
+    shared = (data.images, data.labels, hparams["local_lr"])
     clients = (data.client_train[tier], data.client_test[tier], slot_keys(key, tier, spec.tier_capacity[tier]))
     run = functools.partial(
         map_clients_over_devices, spec.devices, spec.client_parallelism, spec.client_chunk, remat=spec.remat

@@ -244,7 +244,8 @@ def compress_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparam
         stats = compress_batch_stats(gv["batch_stats"], _sub_template(cfg, ratio)["batch_stats"])
         # Batch statistics while tuning where the sent statistics are re-estimated anyway.
         batch_mode = bool(stats) and cfg.compress_statistics == "refresh"
-        model_rng = jax.random.fold_in(key, -1 - t) if batch_mode and cfg.model.uses_dropout else None
+        # tune splits fold_in(key, t) into its epoch keys; folding 1 in gives a key apart from them.
+        model_rng = jax.random.fold_in(jax.random.fold_in(key, t), 1) if batch_mode and cfg.model.uses_dropout else None
 
         def sub_logits(f, x, ratio=ratio, stats=stats, batch_mode=batch_mode, model_rng=model_rng):
             sub = {"params": compress(gv["params"], f, cfg.filters), "batch_stats": stats}
