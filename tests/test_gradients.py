@@ -246,3 +246,28 @@ def _with_remat(config):
     config = config.copy_and_resolve_references()
     config.remat = True
     return config
+
+
+def test_local_lr_per_tier_reaches_each_tier_only():
+    """A (num_tiers,) `local_lr` trains tier t's clients at lr[t]: lr 0 leaves the sent model
+    as it was; the scalar form equals the vector of equal rates."""
+    from fedconv_jax.core.skeleton import train_clients
+
+    config = fc.default_config()
+    config.update(algorithm="heterofl", num_clients=2, shrink_ratios=(1.0, 0.5), local_epochs=1,
+                  phase_timing=False, client_costs=False, global_width=0.25)
+    exp = fc.build_experiment(config)
+    spec, data = exp.algorithm.spec, exp.data
+    start = spec.model.init(jax.random.key(1), 0.5)
+
+    @jax.jit
+    def train(lr):
+        trained, _ = train_clients(spec, 0.5, start, False, data, 1, {"local_lr": lr}, jax.random.key(2))
+        return trained["params"]
+
+    def moved(params):
+        return max(float(jnp.max(jnp.abs(a[0] - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start["params"])))
+
+    assert moved(train(jnp.array([1e-2, 0.0]))) == 0.0
+    assert moved(train(jnp.array([0.0, 1e-2]))) > 1e-4
+    jax.tree.map(np.testing.assert_array_equal, train(jnp.array([1e-2, 1e-2])), train(jnp.float32(1e-2)))

@@ -76,6 +76,12 @@ def round_key(state: State, stream: str) -> jax.Array:
     return stream_key(state.key, state.round, stream)
 
 
+def tier_value(value: jax.Array, tier: int) -> jax.Array:
+    """A traced hyper-parameter for one tier: a scalar serves every tier, a (num_tiers,)
+    vector one value per tier (e.g. a client learning rate learned per tier by gradient)."""
+    return value[tier] if jnp.ndim(value) else value
+
+
 def train_clients(
     spec: RoundSpec, ratio: float, start: Variables, per_client: bool, data: RoundData, tier: int, hparams: HParams,
     key: jax.Array,
@@ -103,7 +109,7 @@ def train_clients(
         acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, spec.eval_chunk)
         return out, acc
 
-    shared = (data.images, data.labels, hparams["local_lr"])
+    shared = (data.images, data.labels, tier_value(hparams["local_lr"], tier))
     clients = (data.client_train[tier], data.client_test[tier], slot_keys(key, tier, spec.tier_capacity[tier]))
     run = functools.partial(
         map_clients_over_devices, spec.devices, spec.client_parallelism, spec.client_chunk, remat=spec.remat
@@ -200,5 +206,6 @@ __all__ = [
     "pretrain_on_server",
     "round_key",
     "scoped_call",
+    "tier_value",
     "train_clients",
 ]
