@@ -40,12 +40,12 @@ from fedconv_jax.sweep import run_sweep
 
 # --quick: bundled digits (configs/smoke.py, 10 clients in 3 SR tiers), one epoch per loop, the
 # client lr the lr experiment's grid found best there (at 1e-3 the model is at 30% after 6 rounds).
-QUICK = {"config": "configs/smoke.py", "rounds": 6, "windows": "1",
+QUICK = {"config": "configs/smoke.py", "rounds": 6, "windows": "1,2",
          "set": {"local_lr": 1e-2, "local_epochs": 1, "pretrain_epochs": 5, "compress_epochs": 1, "dilate_epochs": 1,
                  "aggregate_epochs": 1}}
 # Full: the paper's MNIST setting (20 clients, SR 4x1, 8x0.75, 4x0.5, 4x0.25), reduced epochs.
 # Reverse mode through 20 clients' local training needs remat here (about 17 GB without).
-FULL = {"config": "configs/mnist.py", "rounds": 6, "windows": "1,2",
+FULL = {"config": "configs/mnist.py", "rounds": 6, "windows": "1",
         "set": {"local_epochs": 1, "pretrain_epochs": 2, "compress_epochs": 1, "dilate_epochs": 1,
                 "aggregate_epochs": 1, "remat": "true"}}
 GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -112,7 +112,7 @@ def learn_lr(exp, start_lr: float, window: int, rounds: int, meta_lr: float, com
     return rows, seconds, compile_seconds
 
 
-def lr_experiment(args):
+def lr_experiment(args, save):
     config, exp = _experiment(args)
     results = {"grid": [], "hypergrad": []}
     with tempfile.TemporaryDirectory() as workdir:
@@ -125,6 +125,7 @@ def lr_experiment(args):
         _print({"grid": results["grid"][-1]})
     best = max(results["grid"], key=lambda s: s["final_global_accuracy"])  # on the test set: the grid's favour
     results["grid_best"] = {**best, "total_seconds": round(grid_seconds, 1), "runs": len(GRID)}
+    save(results)
     compiled = {}
     for window in args.windows:
         for factor in (0.1, 10.0):  # a bad start: 10x off the grid's best
@@ -135,10 +136,11 @@ def lr_experiment(args):
                 "final_global_accuracy": rows[-1]["global_accuracy"], "final_local_lr": rows[-1]["local_lr"],
                 "seconds": round(seconds, 1), "compile_seconds": round(compile_seconds, 1),
             })
+            save(results)
     return results
 
 
-def compression_experiment(args):
+def compression_experiment(args, save):
     results = {}
     for variant in args.variants:
         extra = {} if variant == "own" else {"compress_epochs": "0"}
@@ -160,6 +162,7 @@ def compression_experiment(args):
         results[variant] = {"rows": rows, "final_global_accuracy": rows[-1]["global_accuracy"],
                             "best_global_accuracy": max(r["global_accuracy"] for r in rows),
                             "seconds_with_compile": round(time.perf_counter() - start, 1)}
+        save(results)
     return results
 
 
@@ -214,17 +217,20 @@ def main(argv=None):
     for window in args.windows:
         if args.rounds % window:
             parser.error(f"--rounds={args.rounds} is not a multiple of the window {window}")
-    run = lr_experiment if args.experiment == "lr" else compression_experiment
-    results = run(args)
-    summary = {"experiment": args.experiment, "config": args.config, "overrides": args.overrides,
-               "rounds": args.rounds, "meta_lr": args.meta_lr, "backend": jax.default_backend(), **results}
+    header = {"experiment": args.experiment, "config": args.config, "overrides": args.overrides,
+              "rounds": args.rounds, "meta_lr": args.meta_lr, "backend": jax.default_backend()}
     if args.experiment == "compression":
-        summary["meta_steps"] = args.meta_steps
+        header["meta_steps"] = args.meta_steps
     else:
-        summary["windows"] = args.windows
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("hypergrad", "grid")} | _brief(results)))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1))
+        header["windows"] = args.windows
+
+    def save(results):  # after every run, so that an interrupted benchmark keeps what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps({**header, **results}, indent=1))
+
+    run = lr_experiment if args.experiment == "lr" else compression_experiment
+    results = run(args, save)
+    print(json.dumps(header | _brief(results)))
 
 
 def _brief(results):

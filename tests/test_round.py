@@ -155,3 +155,29 @@ def test_compressed_batch_statistics_are_sliced_or_re_estimated_on_d(statistics)
     )["batch_stats"]
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), sub["batch_stats"], want)
     assert not np.allclose(sub["batch_stats"]["bn_0"]["mean"], sliced["bn_0"]["mean"])
+
+
+def test_dilating_the_update_keeps_the_global_model_where_the_client_holds_nothing():
+    """dilation_target="update" with identity filters (compression slices, dilation zero-pads):
+    the client's block replaces the global one, every other element keeps the global value."""
+    from fedconv_jax.algorithms.fedconv.compression import leading_block
+    from fedconv_jax.algorithms.fedconv.round import dilate_phase
+
+    exp = build_experiment(tiny_config())
+    cfg = dataclasses.replace(exp.algorithm.spec, dilation_target="update", dilate_epochs=0)
+    trained = tuple(
+        jax.vmap(lambda k, r=ratio: cfg.model.init(k, r))(jax.random.split(jax.random.key(7 + t), 2))
+        for t, ratio in enumerate(cfg.tier_ratios)
+    )
+    _, dilated, _ = jax.jit(functools.partial(dilate_phase, cfg))(exp.state, exp.data, exp.hparams, trained)
+    jax.tree.map(np.testing.assert_array_equal, dilated[0], trained[0])  # SR 1 uploads are not dilated
+    global_params = exp.state.global_vars["params"]
+    for slot in range(2):
+        def want(g, p, slot=slot):
+            out = np.array(g)
+            out[leading_block(p.shape[1:])] = p[slot]
+            return out
+
+        expected = jax.tree.map(want, global_params, trained[1]["params"])
+        got = jax.tree.map(lambda x, slot=slot: x[slot], dilated[1]["params"])
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-6), got, expected)

@@ -61,6 +61,7 @@ from fedconv_jax.core.validation import FieldError, check_bool, check_choice, ch
 
 AGGREGATIONS = ("learned", "mean")
 COMPRESS_STATISTICS = ("refresh", "slice")
+DILATION_TARGETS = ("model", "update")
 PHASES = ("pretrain", "compress", "clients", "dilate", "aggregate", "evaluate")
 # FedConv's own traced hyper-parameters (besides core.algorithm.SHARED_HPARAMS).
 FEDCONV_HPARAMS = ("filter_lr", "filter_lr_min", "aggregate_lr", "kld_weight")
@@ -88,6 +89,11 @@ class FedConvConfig:
         in eval mode. "refresh": the filters are tuned with batch statistics and the sent
         sub-model's running statistics are re-estimated on D, as after dilation; sliced
         statistics no longer describe mixed channels (ResNet18 at SR 0.5: chance accuracy).
+      dilation_target: what a client's upload is dilated into. "model" (Eq. 3): the dilated
+        model TC_j(P_j). "update": the previous global model plus the dilated update,
+        W_G + TC_j(P_j) - TC_j(P_sent) with P_sent the sub-model the client was sent; with
+        identity filters the client's block replaces the global one and every element it
+        does not hold keeps the global value instead of 0 (issue 18's drift measurement).
     """
 
     filters: FilterConfig = FilterConfig()
@@ -101,6 +107,7 @@ class FedConvConfig:
     aggregation_normalize: bool = True
     keep_best_global: bool = False
     compress_statistics: str = "refresh"
+    dilation_target: str = "model"
 
     def __post_init__(self):
         if not isinstance(self.filters, FilterConfig):
@@ -111,6 +118,7 @@ class FedConvConfig:
             check_bool(field, getattr(self, field))
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
         check_choice("compress_statistics", self.compress_statistics, COMPRESS_STATISTICS)
+        check_choice("dilation_target", self.dilation_target, DILATION_TARGETS)
         check_choice("aggregation_granularity", self.aggregation_granularity, GRANULARITIES)
 
 
@@ -290,24 +298,35 @@ def dilate_phase(
             opts.append({})
             continue
         keys = slot_keys(key, t, cfg.tier_capacity[t])
+        # "update": (previous global params, what the tier was sent); the sent params are
+        # regenerated from this round's compression filters, already in `state`.
+        base = None
+        if cfg.dilation_target == "update":
+            base = (gv["params"], compress(gv["params"], state.compression[t], cfg.filters))
 
         def one_client(shared, client_vars, f, opt, k):
-            global_stats, images, labels, server_train, server_holdout, lr, lr_min = shared
+            global_stats, base, images, labels, server_train, server_holdout, lr, lr_min = shared
             stats = dilate_batch_stats(client_vars["batch_stats"], global_stats)
 
+            def dilated(filt):
+                big = dilate(client_vars["params"], filt, cfg.filters)
+                if base is None:
+                    return big
+                previous, sent = base
+                return jax.tree.map(lambda g, a, b: g + (a - b), previous, big, dilate(sent, filt, cfg.filters))
+
             def big_logits(filt, x):
-                big = {"params": dilate(client_vars["params"], filt, cfg.filters), "batch_stats": stats}
-                return cfg.model.apply(1.0, big, x)[0]
+                return cfg.model.apply(1.0, {"params": dilated(filt), "batch_stats": stats}, x)[0]
 
             result = tune(
                 big_logits, f, opt, images, labels, server_train, server_holdout, k, cfg.dilate,
                 lr=lr, lr_min=lr_min,
             )
-            big = {"params": dilate(client_vars["params"], result.params, cfg.filters), "batch_stats": stats}
+            big = {"params": dilated(result.params), "batch_stats": stats}
             return big, result.params, result.opt_state, result.holdout_accuracy
 
         shared = (
-            gv["batch_stats"], data.images, data.labels, data.server_train, data.server_holdout,
+            gv["batch_stats"], base, data.images, data.labels, data.server_train, data.server_holdout,
             hparams["filter_lr"], hparams["filter_lr_min"],
         )
         big, f, opt, acc = _map_clients(
@@ -410,6 +429,7 @@ def run_phases(
 
 __all__ = [
     "AGGREGATIONS",
+    "DILATION_TARGETS",
     "FEDCONV_HPARAMS",
     "PHASES",
     "FedConvConfig",
