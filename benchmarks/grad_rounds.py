@@ -12,6 +12,7 @@ outputs, the peak a device must hold); seconds are the median of `--repeats` cal
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -73,14 +74,19 @@ def main(argv=None):
                 row = {"rounds": rounds, "program": "forward", **measured}
                 print(json.dumps(row), flush=True)
                 results.append(row)
+                _save(args.out, {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results})
             grad = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
             measured = _measure(grad, inputs, args.repeats, args.max_run_mib)
             row = {"rounds": rounds, "program": "value_and_grad", "remat": remat, **measured}
             print(json.dumps(row), flush=True)
             results.append(row)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"config": args.config, "overrides": overrides, "results": results}, f, indent=1)
+            _save(args.out, {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results})
+
+
+def _save(path, summary):  # after every row: an interrupted run keeps what it measured
+    if path:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":
