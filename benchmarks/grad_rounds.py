@@ -55,7 +55,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
-    results = []
+    results = []  # every row is saved as soon as it is measured: an interrupted run keeps them
+    summary = {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results}
     for rounds in (int(k) for k in args.rounds.split(",")):
         for remat in (False, True):
             config = fc.load_config(args.config)
@@ -74,16 +75,16 @@ def main(argv=None):
                 row = {"rounds": rounds, "program": "forward", **measured}
                 print(json.dumps(row), flush=True)
                 results.append(row)
-                _save(args.out, {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results})
+                _save(args.out, summary)
             grad = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
             measured = _measure(grad, inputs, args.repeats, args.max_run_mib)
             row = {"rounds": rounds, "program": "value_and_grad", "remat": remat, **measured}
             print(json.dumps(row), flush=True)
             results.append(row)
-            _save(args.out, {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results})
+            _save(args.out, summary)
 
 
-def _save(path, summary):  # after every row: an interrupted run keeps what it measured
+def _save(path, summary):
     if path:
         with open(path, "w") as f:
             json.dump(summary, f, indent=1)

@@ -214,6 +214,8 @@ def main(argv=None):
     args.meta_lr = args.meta_lr or (0.5 if args.experiment == "lr" else 1e-3)
     args.variants = args.variants.split(",")
     args.overrides = {**{k: str(v) for k, v in preset["set"].items()}, **dict(s.split("=", 1) for s in args.set)}
+    if args.meta_steps < 1:
+        parser.error(f"--meta-steps={args.meta_steps} is not allowed: an int >= 1")
     for window in args.windows:
         if args.rounds % window:
             parser.error(f"--rounds={args.rounds} is not a multiple of the window {window}")
