@@ -8,6 +8,9 @@ outputs, the peak a device must hold); seconds are the median of `--repeats` cal
     python benchmarks/grad_rounds.py --config configs/smoke.py --rounds 1,2,4 --out R.json
     python benchmarks/grad_rounds.py --config configs/mnist.py --rounds 1,2 --repeats 1 \\
         --set local_epochs=1 --set compress_epochs=1 ...
+
+`--programs` picks rows (forward, plain, remat) and an existing `--out` file of the same
+config, overrides and XLA_FLAGS is extended, so a table can be built in several sittings.
 """
 
 import argparse
@@ -22,6 +25,8 @@ jax.config.update("jax_compilation_cache_dir", None)
 
 import fedconv_jax as fc  # noqa: E402
 from fedconv_jax.config import apply_overrides  # noqa: E402
+
+PROGRAMS = ("forward", "plain", "remat")
 
 
 def _measure(fn, args, repeats, max_run_mib):
@@ -52,11 +57,17 @@ def main(argv=None):
     parser.add_argument("--max-run-mib", type=float, default=16 * 1024,
                         help="programs with a larger peak are compiled and sized, not run")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override")
+    parser.add_argument("--programs", default="forward,plain,remat",
+                        help="rows to measure per K: forward, plain (value-and-grad), remat (value-and-grad with remat)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
-    results = []  # every row is saved as soon as it is measured: an interrupted run keeps them
-    summary = {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results}
+    programs = args.programs.split(",")
+    if unknown := set(programs) - set(PROGRAMS):
+        parser.error(f"--programs={args.programs!r}: {sorted(unknown)} not in {PROGRAMS}")
+    summary = {"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": []}
+    summary["results"] = _earlier_rows(args.out, summary)
+    results = summary["results"]  # every row is saved as soon as it is measured: an interrupted run keeps them
     for rounds in (int(k) for k in args.rounds.split(",")):
         for remat in (False, True):
             config = fc.load_config(args.config)
@@ -70,18 +81,32 @@ def main(argv=None):
                 return fc.holdout_loss(exp.algorithm, final, exp.data)
 
             inputs = (exp.state, exp.hparams)
-            if not remat:  # the forward program does not depend on remat
+            if not remat and "forward" in programs:  # the forward program does not depend on remat
                 measured = _measure(loss, inputs, args.repeats, args.max_run_mib)
                 row = {"rounds": rounds, "program": "forward", **measured}
                 print(json.dumps(row), flush=True)
                 results.append(row)
                 _save(args.out, summary)
+            if ("remat" if remat else "plain") not in programs:
+                continue
             grad = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
             measured = _measure(grad, inputs, args.repeats, args.max_run_mib)
             row = {"rounds": rounds, "program": "value_and_grad", "remat": remat, **measured}
             print(json.dumps(row), flush=True)
             results.append(row)
             _save(args.out, summary)
+
+
+def _earlier_rows(path, summary):
+    """The rows already in `path` when it was measured with the same settings; else a refusal."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        earlier = json.load(f)
+    for key in ("config", "overrides", "xla_flags"):
+        if earlier.get(key) != summary[key]:
+            raise SystemExit(f"{path} holds {key}={earlier.get(key)!r}, this run {summary[key]!r}: choose another --out")
+    return earlier["results"]
 
 
 def _save(path, summary):

@@ -3,7 +3,8 @@
 Computed once on the host at set-up, per tier, from the model each tier's clients train:
   - bytes_down / bytes_up: exact bytes of the variables sent to / from one client per round
     (parameters and BatchNorm statistics, at their dtypes); index vectors and the sample
-    count are not counted (a few bytes);
+    count are not counted (a few bytes). An algorithm that sends something else says what
+    (`FederatedAlgorithm.traffic`: FedMD's class scores, LotteryFL's sparse models);
   - flops_per_step: XLA's cost analysis of one client training step (`local_train` for one
     epoch of one batch: forward, backward, Adam), compiled for the default backend;
   - train_flops: flops_per_step x the steps each client actually runs,
@@ -25,6 +26,11 @@ from fedconv_jax.core.client import local_train
 from fedconv_jax.core.data import IndexSet
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.models import ModelSpec
+
+
+def server_examples(data) -> int:
+    """Examples in the server set D of a `RoundData` (both parts)."""
+    return int(np.sum(np.asarray(data.server_train.mask)) + np.sum(np.asarray(data.server_holdout.mask)))
 
 
 def variables_bytes(variables) -> int:
@@ -60,7 +66,9 @@ def _step_costs(model: ModelSpec, batch: int, ratio: float) -> tuple[tuple[str, 
     )
 
 
-def client_costs(algorithm: FederatedAlgorithm, num_samples: Sequence[np.ndarray]) -> dict[str, dict]:
+def client_costs(
+    algorithm: FederatedAlgorithm, num_samples: Sequence[np.ndarray], server_examples: int = 0
+) -> dict[str, dict]:
     """Per tier (keyed by SR as in `tier_accuracy`): the costs of one client per round.
 
     What a client trains and sends is the algorithm's to say (`trained_ratio`,
@@ -69,6 +77,8 @@ def client_costs(algorithm: FederatedAlgorithm, num_samples: Sequence[np.ndarray
     Args:
       algorithm: the run's algorithm (its spec gives tiers, model and local training).
       num_samples: per tier, the training-set sizes of its client slots.
+      server_examples: examples in the server set D (`traffic` of algorithms that send
+        something computed on it).
     """
     cfg = algorithm.spec
     cache: dict[float, dict] = {}
@@ -87,11 +97,12 @@ def client_costs(algorithm: FederatedAlgorithm, num_samples: Sequence[np.ndarray
         sent = 0 if not algorithm.sends_model else variables_bytes(
             jax.eval_shape(lambda t=trained: cfg.model.init(jax.random.key(0), t))
         )
+        down, up = (sent, sent) if algorithm.traffic is None else algorithm.traffic(ratio, server_examples)
         steps = [cfg.local_epochs * math.ceil(int(x) / cfg.local_batch_size) for x in np.asarray(n)]
         out[f"{ratio:g}"] = {
             "trained_ratio": trained,
-            "bytes_down": sent,
-            "bytes_up": sent,
+            "bytes_down": down,
+            "bytes_up": up,
             "flops_per_step": step["flops_per_step"],
             "train_flops": [s * step["flops_per_step"] for s in steps],
             "peak_memory_bytes": step["peak_memory_bytes"],

@@ -30,7 +30,7 @@ from fedconv_jax.core.sharding import (
     state_shardings,
 )
 from fedconv_jax.core.spec import RoundSpec
-from fedconv_jax.costs import client_costs
+from fedconv_jax.costs import client_costs, server_examples
 from fedconv_jax.data import (
     Dataset,
     FederatedSplit,
@@ -230,7 +230,7 @@ def run_experiment(
     costs = None
     if config.client_costs:
         samples = [np.asarray(n) for n in exp.data.num_samples]
-        costs = client_costs(exp.algorithm, samples)
+        costs = client_costs(exp.algorithm, samples, server_examples(exp.data))
 
     phase_seconds = None
     if config.phase_timing and exp.algorithm.phased_round is not None and start_round < config.rounds:

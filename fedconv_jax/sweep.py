@@ -38,7 +38,7 @@ from fedconv_jax.config import (
     validate,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, algorithm_entry
-from fedconv_jax.costs import client_costs
+from fedconv_jax.costs import client_costs, server_examples
 from fedconv_jax.experiment import build_experiment, initial_state
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 
@@ -152,7 +152,10 @@ def run_sweep(
         (workdir / run.name).mkdir(parents=True, exist_ok=True)
         (workdir / run.name / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2, default=list))
         writers.append(MetricsWriter(workdir / run.name / "metrics.jsonl"))
-    costs = client_costs(algorithm, [np.asarray(n) for n in exp.data.num_samples]) if base.client_costs else None
+    costs = (
+        client_costs(algorithm, [np.asarray(n) for n in exp.data.num_samples], server_examples(exp.data))
+        if base.client_costs else None
+    )
 
     counter = CompileCounter()
     with counter.counting():

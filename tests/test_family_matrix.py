@@ -71,7 +71,7 @@ def test_one_round_of_every_family_compiles_once(family, algorithm):
     assert counter.count == 0
     assert digests[0] != digests[1] != digests[2]  # every round moves what the algorithm keeps
     for metrics in jax.device_get((first, second)):
-        if algorithm != "standalone":  # standalone has no global model (NaN by design)
+        if jax.tree.leaves(exp.state.global_vars["params"]):  # standalone, fedmd: none (NaN by design)
             assert np.isfinite(metrics["global_loss"]), metrics
         if algorithm != "serveralone":  # serveralone has no clients
             accuracy = np.concatenate([np.ravel(a) for a in metrics["client_accuracy"]])

@@ -50,6 +50,9 @@ class FederatedAlgorithm(NamedTuple):
       digest: state -> the parameters `metrics.params_digest` fingerprints every round.
       phased_round: call -> the round with each phase run through `call(name, fn, *args)`
         (phase-separated timing); None for algorithms without phases.
+      traffic: (SR, examples in the server set D) -> (bytes down, bytes up) of one client
+        per round, for algorithms whose clients send something other than the model they
+        train (FedMD: class scores of D; LotteryFL: sparse models); None: the model.
     """
 
     name: str
@@ -61,6 +64,7 @@ class FederatedAlgorithm(NamedTuple):
     digest: Callable[[State], Any]
     sends_model: bool = True
     phased_round: Callable[[PhaseCall], RoundFn] | None = None
+    traffic: Callable[[float, int], tuple[int, int]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import optax
 
 from fedconv_jax.core.data import IndexSet
 from fedconv_jax.core.tuning import adam, masked_cross_entropy, shuffled_batches
-from fedconv_jax.core.types import PRNGKey, Variables
+from fedconv_jax.core.types import Params, PRNGKey, Variables
 
 # apply_fn(variables, images, train, *, rng) -> (logits, batch_stats); rng feeds dropout
 ApplyFn = Callable[..., tuple[jax.Array, dict]]
@@ -27,8 +27,14 @@ def local_train(
     lr: float = 1e-3,
     model_rng: bool = False,
     remat: bool = False,
+    keep: Params | None = None,
 ) -> Variables:
     """`epochs` of Adam over the client's padded index list; returns the trained variables.
+
+    `labels` are class indices (N,) or target distributions (N, classes) (distillation,
+    FedMD). `keep`, shaped like the parameters (1 kept, 0 pruned), trains a sparse
+    sub-network: the forward pass sees `params * keep` and the result is masked, so pruned
+    entries are 0 and stay so (LotteryFL's masks).
 
     Clients of different sizes share one compiled shape: every client runs
     ceil(capacity / batch_size) steps per epoch, and steps whose batch is all padding leave
@@ -44,7 +50,7 @@ def local_train(
         params, stats, opt_state = carry
 
         def loss(p):
-            variables = {"params": p, "batch_stats": stats}
+            variables = {"params": p if keep is None else _masked(p, keep), "batch_stats": stats}
             if model_rng:
                 logits, new_stats = apply_fn(variables, images[idx], True, rng=rng)
             else:
@@ -73,7 +79,11 @@ def local_train(
     epoch = jax.checkpoint(epoch) if remat else epoch
     carry = (variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
     (params, stats, _), _ = jax.lax.scan(epoch, carry, jax.random.split(key, epochs))
-    return {"params": params, "batch_stats": stats}
+    return {"params": params if keep is None else _masked(params, keep), "batch_stats": stats}
+
+
+def _masked(params: Params, keep: Params) -> Params:
+    return jax.tree.map(lambda p, k: p * k.astype(p.dtype), params, keep)
 
 
 def map_clients(parallelism: str, chunk: int, fn: Callable, *xs, remat: bool = False):

@@ -45,7 +45,9 @@ class RoundSteps:
 
     Attributes:
       send: per tier, the variables its clients start from: one copy every client of the
-        tier receives or, with `per_client_start`, stacked over the tier's slots.
+        tier receives or, with `per_client_start`, stacked over the tier's slots. A "keep"
+        entry beside "params" (0/1, shaped like them) makes each client train that sparse
+        sub-network (`local_train`'s `keep`); it is not part of the upload.
       server: named steps run in order after the screen; the first reads the screened
         uploads (per tier, stacked over slots), each the previous one's output. They see
         `data.client_mask` set to this round's participants.
@@ -82,6 +84,11 @@ def tier_value(value: jax.Array, tier: int) -> jax.Array:
     return value[tier] if jnp.ndim(value) else value
 
 
+def model_variables(variables: Variables) -> Variables:
+    """What a model reads (params and BatchNorm statistics) of what a client was sent."""
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
 def train_clients(
     spec: RoundSpec, ratio: float, start: Variables, per_client: bool, data: RoundData, tier: int, hparams: HParams,
     key: jax.Array,
@@ -102,9 +109,9 @@ def train_clients(
     def one_client(shared, variables, train_set, test_set, k):
         images, labels, lr = shared
         out = local_train(
-            apply_fn, variables, images, labels, train_set, k,
+            apply_fn, model_variables(variables), images, labels, train_set, k,
             epochs=spec.local_epochs, batch_size=spec.local_batch_size, lr=lr, model_rng=spec.model.uses_dropout,
-            remat=spec.remat,
+            remat=spec.remat, keep=variables.get("keep"),
         )
         acc, _ = evaluate(lambda x: apply_fn(out, x)[0], images, labels, test_set, spec.eval_chunk)
         return out, acc
@@ -138,7 +145,8 @@ def clients_step(spec: RoundSpec, steps: RoundSteps, state: State, data: RoundDa
         accuracy.append(acc)
     screen_keys = (round_key(state, "dropout"), round_key(state, "poison"))
     trained, _, screen_metrics = screen_uploads(
-        screen_keys, data.client_mask, sent, trained, data.poisoned, hparams["dropout_rate"], hparams["poison_scale"]
+        screen_keys, data.client_mask, tuple(model_variables(s) for s in sent), trained, data.poisoned,
+        hparams["dropout_rate"], hparams["poison_scale"],
     )
     counts = tuple(jnp.sum(t.mask, axis=-1) for t in data.client_test)
     return tuple(trained), {"client_accuracy": tuple(accuracy), "client_test_count": counts, **screen_metrics}
@@ -203,6 +211,7 @@ __all__ = [
     "clients_step",
     "federated_round",
     "global_evaluation",
+    "model_variables",
     "pretrain_on_server",
     "round_key",
     "scoped_call",

@@ -61,7 +61,13 @@ class TuneResult(NamedTuple):
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    """Mean cross-entropy over the masked examples. `labels` are class indices (B,) or
+    target distributions (B, classes): the soft form is KL(target || softmax(logits)) plus
+    the target's entropy, a constant (distillation)."""
+    if labels.ndim == logits.ndim:
+        ce = optax.softmax_cross_entropy(logits, labels)
+    else:
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 

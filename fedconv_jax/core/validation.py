@@ -6,6 +6,7 @@ adds the section path (`within`), so a bad `--config.fedconv.filters.init=zeros`
 """
 
 import contextlib
+import math
 from collections.abc import Iterable
 
 MAX_INT = 2**31 - 1  # int32: counts and epochs all end up as device integers
@@ -44,4 +45,13 @@ def check_int(field: str, value, minimum: int = 1, maximum: int = MAX_INT) -> No
         raise FieldError(field, value, f"an integer in [{minimum}, {maximum}]")
 
 
-__all__ = ["MAX_INT", "FieldError", "check_bool", "check_choice", "check_int", "within"]
+def check_number(field: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    """A finite int or float in the interval [low, high] (either end open on request)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise FieldError(field, value, f"a finite number in {interval}")
+
+
+__all__ = ["MAX_INT", "FieldError", "check_bool", "check_choice", "check_int", "check_number", "within"]
