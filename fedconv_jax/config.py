@@ -69,7 +69,7 @@ def paper_client_setting(config: ml_collections.ConfigDict) -> ml_collections.Co
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # --- what to run
-    c.algorithm = "fedconv"  # "fedconv" or a baseline: fedavg_small, fedavg_full, heterofl, fedrolex, feddropout, standalone, serveralone, fedmd, lotteryfl
+    c.algorithm = "fedconv"  # "fedconv" or a baseline: fedavg_small, fedavg_full, heterofl, fedrolex, feddropout, standalone, serveralone, fedmd, lotteryfl, hermes, tailorfl
     c.dataset = "digits"  # "digits" (scikit-learn's bundled 8x8 digits) or "tfds:<name>" (prepared/imported)
     c.data_dir = ""  # TFDS data dir; "" = $FEDCONV_DATA_DIR, else ~/.cache/fedconv_jax/tensorflow_datasets
     c.model = "cnn"  # "cnn" (SPEC §6 MNIST CNN), "cnn_bn" (with BatchNorm), "resnet18" (CIFAR, 32x32x3), "har_wiar", "har_dcd", "har_harbox" (1 channel)

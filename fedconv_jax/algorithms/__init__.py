@@ -12,3 +12,5 @@ from fedconv_jax.algorithms import heterofl  # noqa: F401  (heterofl, fedrolex, 
 from fedconv_jax.algorithms import alone  # noqa: F401  (standalone, serveralone)
 from fedconv_jax.algorithms import fedmd  # noqa: F401  (fedmd)
 from fedconv_jax.algorithms import lotteryfl  # noqa: F401  (lotteryfl)
+from fedconv_jax.algorithms import hermes  # noqa: F401  (hermes)
+from fedconv_jax.algorithms import tailorfl  # noqa: F401  (tailorfl)

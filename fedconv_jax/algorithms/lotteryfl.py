@@ -14,7 +14,8 @@ client axis). A round:
      training data, and whose mask is still above its target density, drops `prune_rate`
      of its remaining weights in every weight tensor (conv and dense kernels; biases and
      BatchNorm are never pruned), the smallest |w| of its trained model first, never below
-     the target.
+     the target. `mask_density` (details of metrics.jsonl) is every client's share of
+     weights kept after the round, in tier order.
 Resource heterogeneity: a client of SR s targets the density of the width-s model, the
 fraction of the full model's weights that the model built at ratio s has (the CNN at SR
 0.5: 0.44). Masks are traced data: pruning never recompiles.
@@ -177,7 +178,7 @@ def lottery_steps(spec: RoundSpec, settings: LotteryFLConfig) -> RoundSteps:
             )
             masks.append(new)
             densities_now.append(_density(new))
-        return state.replace(keep=tuple(masks)), None, {"mask_density": tuple(densities_now)}
+        return state.replace(keep=tuple(masks)), None, {"mask_density": jnp.concatenate(densities_now)}
 
     return RoundSteps(
         send=send,
