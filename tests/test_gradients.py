@@ -7,13 +7,13 @@ Through many Adam steps the loss is rough at every scale finite differences can 
 Adam update g / (|g| + eps) turns a 1e-9 change of a near-zero gradient into an lr-sized move,
 and steps compound that (measured on one round with 32-example batches: float64 differences with
 relative steps 1e-4 and 1e-6 gave
--39 and 2364 against a gradient of -56). With one step per loop the loss is smooth near a
-generic point: float64 differences agree with the float32 gradient to 1e-2 (and with a
-float64 gradient to 3e-4).
+-39 and 2364 against a gradient of -56). With one step per loop the loss is piecewise smooth
+with small jumps (STEPS below): float64 differences (the median of three steps) agree with
+the float32 gradient to 1e-2 and with a float64 gradient to 1e-4.
 
-Cost: the example's gradient program (float32, called twice) and one float64 forward program,
-about 10 minutes here with 28 float64 rounds: the example and the differences are opt-in
-(FEDCONV_SLOW_TESTS=1); the remat checks run in the suite.
+Cost: the example's gradient program (float32, called twice), the float64 gradient program,
+one float64 forward program called for every difference, and a 2-device gradient in a fresh
+interpreter: opt-in (FEDCONV_SLOW_TESTS=1); the remat checks run in the suite.
 """
 
 import dataclasses
@@ -66,7 +66,8 @@ def _float64(tree):
 @pytest.fixture(scope="module")
 def offset_case(example):
     """The example's float32 gradient (its own compiled `grad_fn`) at a point next to its
-    state, and the same round's loss in float64 for finite differences there.
+    state, and the same round's loss in float64 (jitted for finite differences, and as a
+    function for the float64 gradient).
 
     At the initial state itself the round is not differentiable: biases start at exactly 0
     and identity-initialised filters generate exact zeros, on MLR's kink; moving any
@@ -90,16 +91,17 @@ def offset_case(example):
         data = exp.data._replace(images=exp.data.images.astype(jnp.float64))
         rounds = fc.unroll(exp.algorithm, 2)
 
-        @jax.jit
-        def forward(state, hparams):
+        def loss64(state, hparams):
             final, _ = rounds(state, data, hparams)
             return fc.holdout_loss(exp.algorithm, final, data)
+
+        forward = jax.jit(loss64)
 
     def call(state, hparams):
         with jax.enable_x64(True):  # one signature (all float64): one compile
             return float(forward(_float64(state), _float64(hparams)))
 
-    return state, exp.hparams, call, d_state, d_hparams
+    return state, exp.hparams, call, d_state, d_hparams, loss64
 
 
 def _part(kind, state, hparams):
@@ -138,41 +140,61 @@ def test_every_gradient_is_finite_and_nonzero(example):
         assert _dot(grad, grad) > 0, kind
 
 
+# Central differences at three steps, the median kept: the round's loss is piecewise smooth
+# (a ReLU pre-activation or a max-pool argmax that flips changes one Adam step, so the loss
+# jumps by ~1e-11 .. 1e-7 at points packed along every direction). Between jumps the float64
+# gradient matched the secant slope to 2e-5 |g|; one step that straddles a jump is off by
+# jump / (2 eps), which a median of three steps outvotes (measured, session 11).
+STEPS = {"hparams": (1e-6, 1e-7, 1e-8), "params": (2e-8, 1e-8, 5e-9)}  # hparams: relative
+BOUND = {"float32": 1e-2, "float64": 1e-4}  # the issue's bounds, relative to |g|
+
+
+@pytest.fixture(scope="module")
+def float64_gradient(offset_case):
+    """The float64 gradient at the offset point: its own compile (several minutes)."""
+    state, hparams, _, _, _, loss64 = offset_case
+    with jax.enable_x64(True):
+        return jax.jit(jax.grad(loss64, argnums=(0, 1), allow_int=True))(_float64(state), _float64(hparams))
+
+
 @slow
+@pytest.mark.parametrize("precision", ["float32", "float64"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradient_matches_central_finite_differences(offset_case, kind):
-    """The float32 gradient against float64 differences of the same round: |FD - g.v| <=
-    1e-2 |g| (the float32 bound), along the gradient itself and along a random direction
-    (hyper-parameters: each one, by a relative step).
-
-    A float64 gradient (its own compile, left out for suite time) measured 1.1e-4 .. 3.2e-4 |g|
-    against the same differences for every kind, equal with steps of 1e-7 and 1e-9: the
-    differences had converged, so that gap is in the gradient, origin unknown.
-    """
-    state, hparams, forward, d_state, d_hparams = offset_case
+def test_gradient_matches_central_finite_differences(offset_case, kind, precision, request):
+    """The gradient (the example's float32 one, or the same round's in float64) against float64
+    central differences: |FD - g.v| <= 1e-2 |g| in float32 (1e-4 in float64), along the
+    gradient itself and along a random direction (hyper-parameters: each one, by a relative
+    step); FD is the median over the steps of STEPS."""
+    state, hparams, forward, d_state, d_hparams, _ = offset_case
+    if precision == "float64":
+        d_state, d_hparams = request.getfixturevalue("float64_gradient")
     base, grad = _part(kind, state, hparams), _part(kind, d_state, d_hparams)
+    bound = BOUND[precision] * (FLOAT32_BOUND.get(kind, 1e-2) / 1e-2 if precision == "float32" else 1.0)
 
-    def directional(direction, eps):
-        values = []
-        for sign in (1.0, -1.0):
-            with jax.enable_x64(True):
-                moved = jax.tree.map(lambda x, d, s=sign: np.float64(x) + s * eps * d, base, direction)
-                values.append(forward(*_with(kind, state, hparams, moved)))
-        return (values[0] - values[1]) / (2 * eps)
+    def directional(direction, steps):
+        slopes = []
+        for eps in steps:
+            values = []
+            for sign in (1.0, -1.0):
+                with jax.enable_x64(True):
+                    moved = jax.tree.map(lambda x, d, s=sign, e=eps: np.float64(x) + s * e * d, base, direction)
+                    values.append(forward(*_with(kind, state, hparams, moved)))
+            slopes.append((values[0] - values[1]) / (2 * eps))
+        return float(np.median(slopes))
 
     if kind == "hparams":  # d loss / d log(h): the rates span 1e-5 .. 1
         scaled = {k: float(grad[k]) * float(base[k]) for k in base}
         norm = _dot(scaled, scaled) ** 0.5
         for name in LEARNED_HPARAMS:  # the others (dropout, poisoning) act on no client here
             direction = {k: float(base[k]) if k == name else 0.0 for k in base}
-            got = directional(direction, 1e-8)
-            assert abs(got - scaled[name]) <= 1e-2 * norm, (name, got, scaled[name], norm)
+            got = directional(direction, STEPS["hparams"])
+            assert abs(got - scaled[name]) <= bound * norm, (name, got, scaled[name], norm)
         return
     norm = _dot(grad, grad) ** 0.5
     for direction in (jax.tree.map(lambda g: np.float64(g) / norm, grad), _random_unit(grad, KINDS.index(kind))):
-        got = directional(direction, 1e-9)
+        got = directional(direction, STEPS["params"])
         want = _dot(grad, direction)
-        assert abs(got - want) <= FLOAT32_BOUND.get(kind, 1e-2) * norm, (kind, got, want, norm)
+        assert abs(got - want) <= bound * norm, (kind, got, want, norm)
 
 
 # --- remat: the same gradient, at each place it is applied --------------------------------
@@ -271,3 +293,61 @@ def test_local_lr_per_tier_reaches_each_tier_only():
     assert moved(train(jnp.array([1e-2, 0.0]))) == 0.0
     assert moved(train(jnp.array([0.0, 1e-2]))) > 1e-4
     jax.tree.map(np.testing.assert_array_equal, train(jnp.array([1e-2, 1e-2])), train(jnp.float32(1e-2)))
+
+
+# --- the gradient with the client axis sharded over 2 devices -----------------------------
+
+TWO_DEVICE_SCRIPT = """
+import json
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+import numpy as np
+import fedconv_jax as fc
+from fedconv_jax.core.sharding import make_client_mesh, state_shardings
+
+out = {}
+for devices in (1, 2):
+    config = fc.default_config()
+    config.update(num_clients=2, shrink_ratios=(1.0, 0.5), local_epochs=1, pretrain_epochs=1, compress_epochs=1,
+                  dilate_epochs=1, aggregate_epochs=1, batch_size=2048, phase_timing=False, client_costs=False,
+                  devices=devices)
+    exp = fc.build_experiment(config, slot_multiple=2)  # the same slots on 1 and 2 devices
+    state = jax.device_put(exp.state, state_shardings(make_client_mesh(devices), exp.state, exp.algorithm.per_client_fields))
+    rounds = fc.unroll(exp.algorithm, 2)
+
+    def loss(state, hparams):
+        final, _ = rounds(state, exp.data, hparams)
+        return fc.holdout_loss(exp.algorithm, final, exp.data)
+
+    value, (d_state, d_hparams) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), allow_int=True))(state, exp.hparams)
+    flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]).tolist()
+    # d loss / d log(h): the rates span 1e-5 .. 1
+    out[devices] = {"loss": float(value), "hparams": {k: float(v) * float(exp.hparams[k]) for k, v in d_hparams.items()},
+                    **{kind: flat(getattr(d_state, kind)) for kind in ("compression", "dilation", "agg_weights")},
+                    "global_params": flat(d_state.global_vars["params"])}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@slow
+def test_gradient_on_two_devices_equals_one_device():
+    """value-and-grad through 2 rounds of the README example with the client axis sharded
+    over 2 CPU devices (a fresh interpreter: the device count is fixed at backend start):
+    the same loss and gradients up to float32 summation order (a wrongly transposed
+    replicated input would be off by a factor of 2)."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    one, two = out["1"], out["2"]
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-6)
+    for kind in ("compression", "dilation", "agg_weights", "global_params"):
+        a, b = np.asarray(one[kind]), np.asarray(two[kind])
+        assert np.all(np.isfinite(b)) and np.linalg.norm(a) > 0, kind
+        assert np.linalg.norm(b - a) <= 1e-2 * np.linalg.norm(a), (kind, np.linalg.norm(b - a) / np.linalg.norm(a))
+    norm = np.linalg.norm([one["hparams"][k] for k in LEARNED_HPARAMS])
+    for name in LEARNED_HPARAMS:
+        assert abs(two["hparams"][name] - one["hparams"][name]) <= 1e-2 * norm, name
