@@ -58,7 +58,7 @@ def main(argv=None):
                         help="programs with a larger peak are compiled and sized, not run")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override")
     parser.add_argument("--programs", default="forward,plain,remat",
-                        help="rows to measure per K: forward, plain (value-and-grad), remat (value-and-grad with remat)")
+                        help="rows to measure per K, in this order: forward, plain (value-and-grad), remat (with remat)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -69,7 +69,8 @@ def main(argv=None):
     summary["results"] = _earlier_rows(args.out, summary)
     results = summary["results"]  # every row is saved as soon as it is measured: an interrupted run keeps them
     for rounds in (int(k) for k in args.rounds.split(",")):
-        for remat in (False, True):
+        for program in programs:  # in the order given: the cheap rows first, if asked so
+            remat = program == "remat"  # the forward program does not depend on remat
             config = fc.load_config(args.config)
             apply_overrides(config, {**overrides, "phase_timing": "false", "client_costs": "false", "remat": str(remat)})
             fc.validate(config)
@@ -80,18 +81,13 @@ def main(argv=None):
                 final, _ = unrolled(state, exp.data, hparams)
                 return fc.holdout_loss(exp.algorithm, final, exp.data)
 
-            inputs = (exp.state, exp.hparams)
-            if not remat and "forward" in programs:  # the forward program does not depend on remat
-                measured = _measure(loss, inputs, args.repeats, args.max_run_mib)
-                row = {"rounds": rounds, "program": "forward", **measured}
-                print(json.dumps(row), flush=True)
-                results.append(row)
-                _save(args.out, summary)
-            if ("remat" if remat else "plain") not in programs:
-                continue
-            grad = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
-            measured = _measure(grad, inputs, args.repeats, args.max_run_mib)
-            row = {"rounds": rounds, "program": "value_and_grad", "remat": remat, **measured}
+            if program == "forward":
+                row = {"rounds": rounds, "program": "forward"}
+                fn = loss
+            else:
+                row = {"rounds": rounds, "program": "value_and_grad", "remat": remat}
+                fn = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
+            row.update(_measure(fn, (exp.state, exp.hparams), args.repeats, args.max_run_mib))
             print(json.dumps(row), flush=True)
             results.append(row)
             _save(args.out, summary)

@@ -11,7 +11,9 @@ are). A round:
      is evaluated on its own test split.
 Before round 1, each client trains `transfer_epochs` epochs on the public set's labels (the
 paper's transfer-learning start; D is labelled here). There is no global model:
-global_accuracy is NaN. A client sends and receives |D| x classes float32 scores per round.
+global_accuracy is NaN. A client sends and receives |D| x classes float32 scores per round
+(`client_costs`); its `train_flops` count the revisit only: the digest adds
+digest_epochs x ceil(|D| / batch) steps of the same cost, and scoring D one forward pass.
 
 Choices of ours (the paper leaves them open or uses another): the digest loss (the paper
 regresses scores with L1; cross-entropy to the consensus distribution is its common form),
