@@ -1,6 +1,6 @@
 """Every registered algorithm runs one round of every model family, compiling once (opt-in).
 
-56 round programs (8 algorithms x 7 families): far more compile than the 10-minute suite
+84 round programs (12 algorithms x 7 families): far more compile than the 10-minute suite
 holds, so this module runs only when asked (its time is in benchmarks/README.md):
 
     FEDCONV_FAMILY_MATRIX=1 python -m pytest -q -n 2 tests/test_family_matrix.py
@@ -24,7 +24,7 @@ from fedconv_jax.models import model_names
 from fedconv_jax.models.zoo import example_model
 
 pytestmark = pytest.mark.skipif(
-    not os.environ.get("FEDCONV_FAMILY_MATRIX"), reason="opt-in: FEDCONV_FAMILY_MATRIX=1 (about 56 compiles)"
+    not os.environ.get("FEDCONV_FAMILY_MATRIX"), reason="opt-in: FEDCONV_FAMILY_MATRIX=1 (about 84 compiles)"
 )
 
 # Reduced widths at which SR 0.5 still leaves every unit at least one channel.
