@@ -28,9 +28,11 @@ from fedconv_jax.core.algorithm import (
     section_values,
 )
 from fedconv_jax.core.participation import POISON_MODES
+from fedconv_jax.core.placement import device_memory_bytes, resolve_client_parallelism
 from fedconv_jax.core.spec import CLIENT_PARALLELISM, RoundSpec
 from fedconv_jax.core.tuning import TuningConfig
 from fedconv_jax.core.validation import FieldError
+from fedconv_jax.costs import step_costs_of
 from fedconv_jax.data import PARTITIONS, is_dataset_name
 from fedconv_jax.models import CONV_IMPLS, example_model, make_model, model_names
 
@@ -102,8 +104,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.kld_weight = 0.2  # lambda of Eq. 5 (KL between previous global and the aggregate)
     # --- execution
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
-    c.client_parallelism = "map"  # clients of a tier: "map" (lax.map in chunks; fastest on CPU) or "vmap"
-    c.client_chunk = 1  # clients per lax.map chunk (1 = one after another: measured fastest on CPU)
+    c.client_parallelism = "auto"  # clients of a tier: "auto" (per backend, core/placement.py), "map" (lax.map in chunks) or "vmap"
+    c.client_chunk = 1  # clients per lax.map chunk with "map" (1 = one after another: measured fastest on CPU)
     c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
     c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
@@ -235,7 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "partition", PARTITIONS)
     _choice(config, "model", model_names())
     _choice(config, "conv_impl", CONV_IMPLS)
-    _choice(config, "client_parallelism", CLIENT_PARALLELISM)
+    _choice(config, "client_parallelism", ("auto", *CLIENT_PARALLELISM))
     _choice(config, "poison_mode", POISON_MODES)
     bools = ("select_best", "phase_timing", "client_costs", "baseline_pretrain", "allow_config_change", "remat")
     for field in bools:
@@ -313,9 +315,16 @@ def make_hparams(config: ml_collections.ConfigDict) -> HParams:
 def make_round_spec(
     config: ml_collections.ConfigDict, tier_ratios, tier_capacity, num_classes, input_shape
 ) -> RoundSpec:
-    """The static spec every algorithm shares, from a validated config."""
+    """The static spec every algorithm shares, from a validated config ("auto" resolved)."""
+    model = make_model(config.model, num_classes, input_shape, config.conv_impl, config.global_width)
+    parallelism, chunk = resolve_client_parallelism(
+        config.client_parallelism, config.client_chunk, jax.default_backend(),
+        capacity=-(-max(tier_capacity) // config.devices),
+        per_client_bytes=lambda: step_costs_of(model, config.batch_size, max(tier_ratios))["peak_memory_bytes"],
+        memory_bytes=device_memory_bytes(),
+    )
     return RoundSpec(
-        model=make_model(config.model, num_classes, input_shape, config.conv_impl, config.global_width),
+        model=model,
         tier_ratios=tuple(tier_ratios),
         tier_capacity=tuple(tier_capacity),
         pretrain=TuningConfig(
@@ -324,8 +333,8 @@ def make_round_spec(
         ),
         local_epochs=config.local_epochs,
         local_batch_size=config.batch_size,
-        client_parallelism=config.client_parallelism,
-        client_chunk=config.client_chunk,
+        client_parallelism=parallelism,
+        client_chunk=chunk,
         devices=config.devices,
         eval_chunk=config.eval_chunk,
         remat=config.remat,

@@ -40,7 +40,12 @@ def variables_bytes(variables) -> int:
 
 def step_costs(cfg: RoundSpec, ratio: float) -> dict[str, float]:
     """FLOPs and peak memory of one compiled client training step at width `ratio`."""
-    return dict(_step_costs(cfg.model, cfg.local_batch_size, float(ratio)))
+    return step_costs_of(cfg.model, cfg.local_batch_size, ratio)
+
+
+def step_costs_of(model: ModelSpec, batch: int, ratio: float) -> dict[str, float]:
+    """`step_costs` before a spec exists (core/placement.py sizes client chunks with it)."""
+    return dict(_step_costs(model, batch, float(ratio)))
 
 
 @functools.lru_cache(maxsize=64)  # one compile per (model, batch, width) per process

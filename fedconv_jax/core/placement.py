@@ -1,0 +1,58 @@
+"""How a tier's clients are laid out on a device ("auto"), chosen per backend by measurement.
+
+XLA:CPU: clients one after another (`lax.map`, chunk 1). Vmapped client steps (batched small
+matmuls) cost 1.5-3x more CPU time per client-step there (benchmarks/README.md,
+round_throughput), and cores are used through `devices` instead.
+
+Accelerators: clients side by side. `lax.map(batch_size=k)` vmaps k clients at a time, so the
+chunk is the memory knob: k = the most clients whose training fits in MEMORY_FRACTION of the
+device's memory, sized from XLA's memory analysis of one compiled client step at the widest
+trained width (`costs.step_costs`); a tier that fits whole is vmapped whole. Not yet measured
+on a GPU (no device was lent so far): the fraction leaves room for the server state, data and
+the tuning loops.
+"""
+
+from collections.abc import Callable
+
+import jax
+
+MEMORY_FRACTION = 0.5
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """The memory limit XLA reports for `device` (default: the first), None if it reports none (CPU)."""
+    stats = (device or jax.devices()[0]).memory_stats()
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def clients_that_fit(per_client_bytes: int, memory_bytes: int, capacity: int, fraction: float = MEMORY_FRACTION) -> int:
+    """How many clients to train side by side: as many of `capacity` as fit in `fraction` of
+    the memory at `per_client_bytes` each, at least 1."""
+    return max(1, min(capacity, int(fraction * memory_bytes) // max(int(per_client_bytes), 1)))
+
+
+def resolve_client_parallelism(
+    parallelism: str,
+    chunk: int,
+    backend: str,
+    capacity: int,
+    per_client_bytes: Callable[[], int],
+    memory_bytes: int | None,
+) -> tuple[str, int]:
+    """("map" | "vmap", chunk) for a requested `parallelism`; "auto" picks per backend.
+
+    Args:
+      capacity: the largest tier's client slots (per device).
+      per_client_bytes: () -> peak bytes of one client's training step (compiled only when
+        needed: an accelerator with "auto").
+      memory_bytes: the device's memory (`device_memory_bytes`), None if unknown.
+    """
+    if parallelism != "auto":
+        return parallelism, chunk
+    if backend == "cpu" or memory_bytes is None:
+        return "map", 1
+    k = clients_that_fit(per_client_bytes(), memory_bytes, capacity)
+    return ("vmap", 1) if k >= capacity else ("map", k)
+
+
+__all__ = ["MEMORY_FRACTION", "clients_that_fit", "device_memory_bytes", "resolve_client_parallelism"]
