@@ -3,7 +3,11 @@
 import pytest
 
 from fedconv_jax.config import default_config, make_round_spec, validate
-from fedconv_jax.core.placement import clients_that_fit, device_memory_bytes, resolve_client_parallelism
+from fedconv_jax.core.placement import (
+    clients_that_fit,
+    device_memory_bytes,
+    resolve_client_parallelism,
+)
 
 
 def _never():
