@@ -101,7 +101,7 @@ def serveralone_round(cfg: RoundSpec, state: BaselineState, data: RoundData, hpa
 def standalone(spec: RoundSpec) -> FederatedAlgorithm:
     return baseline(
         "standalone", spec, functools.partial(init_standalone_state, spec), standalone_steps(spec),
-        per_client=True, sends_model=False,
+        per_client_fields=("client_vars",), sends_model=False,
     )
 
 

@@ -24,11 +24,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedconv_jax.algorithms import slicing
-from fedconv_jax.algorithms.common import split_init_keys
+from fedconv_jax.algorithms.common import baseline, split_init_keys
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams
 from fedconv_jax.core.data import RoundData
 from fedconv_jax.core.sharding import map_clients_over_devices
-from fedconv_jax.core.skeleton import RoundSteps, federated_round, global_evaluation
+from fedconv_jax.core.skeleton import RoundSteps, global_evaluation
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.types import Params, PRNGKey, Variables
 from fedconv_jax.models import kept_widths
@@ -152,16 +152,9 @@ def personal_view(rules, global_vars: Variables, upload: Variables, channels) ->
 
 
 def channel_algorithm(name: str, spec: RoundSpec, score: ScoreFn) -> FederatedAlgorithm:
-    steps = channel_steps(spec, score)
-    return FederatedAlgorithm(
-        name=name,
-        spec=spec,
-        init=functools.partial(init_channel_state, spec),
-        round=functools.partial(federated_round, spec, steps),
+    return baseline(
+        name, spec, functools.partial(init_channel_state, spec), channel_steps(spec, score),
         per_client_fields=("channels",),
-        trained_ratio=steps.trained_ratio,
-        digest=lambda state: (state.global_vars["params"], state.channels),
-        phased_round=lambda call: functools.partial(federated_round, spec, steps, call=call),
     )
 
 

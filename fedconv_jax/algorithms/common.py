@@ -8,6 +8,7 @@ treat every algorithm alike, and paired comparisons see the same random streams.
 
 import functools
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,29 +59,34 @@ def pretrain_option(config: Mapping) -> dict:
 def baseline(
     name: str,
     spec: RoundSpec,
-    init: Callable[[PRNGKey], BaselineState],
+    init: Callable[[PRNGKey], Any],
     steps: RoundSteps,
     *,
-    per_client: bool = False,
+    per_client_fields: tuple[str, ...] = (),
     sends_model: bool = True,
+    traffic: Callable[[float, int], tuple[int, int]] | None = None,
 ) -> FederatedAlgorithm:
     """A baseline as a `FederatedAlgorithm` whose round is the shared skeleton over `steps`.
 
     Args:
-      per_client: `client_vars` holds the clients' own models, stacked over slots (laid out
-        along the mesh's client axis).
+      init: key -> the initial state: a `BaselineState` or any state with `global_vars`,
+        `round` and `key`.
+      per_client_fields: state fields stacked over client slots (laid out along the mesh's
+        client axis): the clients' own models, masks or channel sets.
+      sends_model, traffic: what a client sends (`FederatedAlgorithm`).
     """
     return FederatedAlgorithm(
         name=name,
         spec=spec,
         init=init,
         round=functools.partial(federated_round, spec, steps),
-        per_client_fields=("client_vars",) if per_client else (),
+        per_client_fields=per_client_fields,
         trained_ratio=steps.trained_ratio,
-        # standalone has no global model: the digest covers the clients' own models too
-        digest=lambda state: (state.global_vars["params"], state.client_vars),
+        # the digest covers what clients keep too (standalone and fedmd have no global model)
+        digest=lambda state: (state.global_vars["params"], *(getattr(state, f) for f in per_client_fields)),
         sends_model=sends_model,
         phased_round=lambda call: functools.partial(federated_round, spec, steps, call=call),
+        traffic=traffic,
     )
 
 

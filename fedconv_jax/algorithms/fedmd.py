@@ -156,9 +156,9 @@ DEFAULTS = FedMDConfig()
 @register("fedmd", section=DEFAULTS)
 def fedmd(spec: RoundSpec, settings: FedMDConfig = DEFAULTS) -> FederatedAlgorithm:
     """FedMD over `spec` with its own `settings` (the config's `fedmd` section)."""
-    algorithm = baseline(
+    return baseline(
         "fedmd", spec, functools.partial(init_standalone_state, spec), fedmd_steps(spec, settings),
-        per_client=True, sends_model=False,
+        per_client_fields=("client_vars",), sends_model=False,
+        # scores of the public set travel both ways; no parameters do
+        traffic=lambda ratio, public: (public * spec.model.num_classes * SCORE_BYTES,) * 2,
     )
-    # Scores of the public set travel both ways; no parameters do.
-    return algorithm._replace(traffic=lambda ratio, public: (public * spec.model.num_classes * SCORE_BYTES,) * 2)

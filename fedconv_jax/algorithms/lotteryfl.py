@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedconv_jax.algorithms.common import split_init_keys
+from fedconv_jax.algorithms.common import baseline, split_init_keys
 from fedconv_jax.core.algorithm import FederatedAlgorithm, HParams, register
 from fedconv_jax.core.data import RoundData
 from fedconv_jax.core.sharding import map_clients_over_devices
-from fedconv_jax.core.skeleton import RoundSteps, federated_round, global_evaluation
+from fedconv_jax.core.skeleton import RoundSteps, global_evaluation
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.core.tuning import evaluate
 from fedconv_jax.core.types import Params, PRNGKey, Variables
@@ -222,15 +222,7 @@ DEFAULTS = LotteryFLConfig()
 @register("lotteryfl", section=DEFAULTS)
 def lotteryfl(spec: RoundSpec, settings: LotteryFLConfig = DEFAULTS) -> FederatedAlgorithm:
     """LotteryFL over `spec` with its own `settings` (the config's `lotteryfl` section)."""
-    steps = lottery_steps(spec, settings)
-    return FederatedAlgorithm(
-        name="lotteryfl",
-        spec=spec,
-        init=functools.partial(init_lottery_state, spec),
-        round=functools.partial(federated_round, spec, steps),
-        per_client_fields=("keep",),
-        trained_ratio=steps.trained_ratio,
-        digest=lambda state: (state.global_vars["params"], state.keep),
-        phased_round=lambda call: functools.partial(federated_round, spec, steps, call=call),
-        traffic=lambda ratio, public: (sparse_bytes(spec.model, ratio),) * 2,
+    return baseline(
+        "lotteryfl", spec, functools.partial(init_lottery_state, spec), lottery_steps(spec, settings),
+        per_client_fields=("keep",), traffic=lambda ratio, public: (sparse_bytes(spec.model, ratio),) * 2,
     )
