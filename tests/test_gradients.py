@@ -88,7 +88,7 @@ def offset_case(example):
     )
     d_state, d_hparams = example["grad_fn"](state, exp.hparams)
     with jax.enable_x64(True):
-        data = exp.data._replace(images=exp.data.images.astype(jnp.float64))
+        data = _float64(exp.data)  # every float leaf, the sample counts included
         rounds = fc.unroll(exp.algorithm, 2)
 
         def loss64(state, hparams):
@@ -351,3 +351,36 @@ def test_gradient_on_two_devices_equals_one_device():
     norm = np.linalg.norm([one["hparams"][k] for k in LEARNED_HPARAMS])
     for name in LEARNED_HPARAMS:
         assert abs(two["hparams"][name] - one["hparams"][name]) <= 1e-2 * norm, name
+
+
+@slow
+@pytest.mark.parametrize("algorithm", fc.algorithm_names())
+def test_every_algorithm_has_finite_gradients_through_a_round(algorithm):
+    from fedconv_jax.core.tuning import masked_cross_entropy
+
+    """d holdout loss / d (traced hyper-parameters, initial global parameters) through one
+    round of every registered algorithm: finite, and not all zero. Algorithms without a
+    global model (standalone, fedmd) are scored by their first client's model instead."""
+    config = fc.default_config()
+    config.update(algorithm=algorithm, num_clients=2, shrink_ratios=(1.0, 0.5), local_epochs=1, pretrain_epochs=1,
+                  compress_epochs=1, dilate_epochs=1, aggregate_epochs=1, batch_size=2048, phase_timing=False,
+                  client_costs=False, global_width=0.5)
+    exp = fc.build_experiment(config)
+    scored = bool(jax.tree.leaves(exp.state.global_vars["params"]))
+
+    def loss(state, hparams):
+        final, _ = exp.algorithm.round(state, exp.data, hparams)
+        if scored:
+            return fc.holdout_loss(exp.algorithm, final, exp.data)
+        first = jax.tree.map(lambda x: x[0], final.client_vars[0])
+        holdout = exp.data.server_holdout
+        logits, _ = exp.algorithm.spec.model.apply(1.0, first, exp.data.images[holdout.idx])
+        return masked_cross_entropy(logits, exp.data.labels[holdout.idx], holdout.mask)
+
+    d_state, d_hparams = jax.jit(jax.grad(loss, argnums=(0, 1), allow_int=True))(exp.state, exp.hparams)
+    start = d_state.global_vars["params"] if scored else d_state.client_vars
+    for name, grad in (("hparams", d_hparams), ("start", start)):
+        leaves = [np.asarray(x) for x in jax.tree.leaves(grad) if np.issubdtype(np.asarray(x).dtype, np.floating)]
+        assert all(np.all(np.isfinite(x)) for x in leaves), (algorithm, name)
+        assert any(np.any(x != 0) for x in leaves), (algorithm, name)
+    assert float(d_hparams["local_lr"]) != 0.0  # every algorithm trains something at local_lr
