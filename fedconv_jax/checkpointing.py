@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from fedconv_jax.core.algorithm import State
 from fedconv_jax.core.data import RoundData
+from fedconv_jax.distributed import host_copy
 
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -94,8 +95,8 @@ def check_config_change(saved: dict, current: dict, allow_change: bool) -> None:
 def tree_digest(tree) -> str:
     """sha256 over the bytes, dtypes and shapes of a pytree's leaves, in flatten order."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        leaf = np.asarray(jax.device_get(leaf))
+    for leaf in jax.tree.leaves(host_copy(tree)):
+        leaf = np.asarray(leaf)
         digest.update(f"{leaf.dtype}{leaf.shape}".encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
@@ -107,8 +108,9 @@ def data_digest(data: RoundData) -> str:
 
 
 def _storable(state: State) -> State:
-    """Host copy with the typed PRNG key as its raw uint32 data."""
-    return jax.device_get(state.replace(key=jax.random.key_data(state.key)))
+    """Host copy with the typed PRNG key as its raw uint32 data; gathered from every process
+    in a multi-process run, so the files are the same whatever the process count."""
+    return host_copy(state.replace(key=jax.random.key_data(state.key)))
 
 
 def existing_run_files(workdir: Path) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 USAGE = (
     "fedconv-jax run --config configs/<name>.py --workdir DIR [--resume] [--compile-cache DIR|off] "
-    "[--config.<field>=<value> ...]"
+    "[--distributed [--coordinator HOST:PORT --num-processes N --process-id I]] [--config.<field>=<value> ...]"
 )
 DEFAULT_COMPILE_CACHE = "~/.cache/fedconv_jax/xla"
 COMPILE_CACHE_MAX_BYTES = 4 * 2**30  # least recently used programs are evicted beyond this
@@ -58,13 +58,15 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _load_config(path, overrides):
-    """The validated config, or raises ConfigError (one line)."""
+def _load_config(path, overrides, local_devices: bool = True):
+    """The validated config, or raises ConfigError (one line). With `local_devices`, asks for
+    `config.devices` XLA:CPU devices in this process (not in a multi-process run, where
+    `devices` counts the devices of all processes)."""
     from fedconv_jax.config import apply_overrides, load_config, validate
 
     config = load_config(path)
     apply_overrides(config, overrides)
-    if isinstance(config.get("devices"), int):
+    if local_devices and isinstance(config.get("devices"), int):
         from fedconv_jax.core.sharding import request_cpu_devices
 
         request_cpu_devices(config.devices)  # before JAX's backend starts: N XLA:CPU devices
@@ -100,14 +102,63 @@ def _use_compile_cache(flag: str | None) -> None:
     jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
 
 
-def _run(args, overrides) -> int:
+def _start_distributed(args) -> str:
+    """jax.distributed over the processes of this run; returns "process I of N" for messages."""
+    import jax
+
+    from fedconv_jax.distributed import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id, heartbeat_timeout=args.peer_timeout)
+    return f"process {jax.process_index()} of {jax.process_count()}"
+
+
+def _run_distributed(args, overrides) -> int:
+    """`run` as one of several processes. Any failure, a peer's death included, ends this
+    process with one line at once: waiting for the runtime's shutdown barrier would hang on a
+    dead peer until the heartbeat timeout, then abort with a stack dump."""
+    try:
+        where = _start_distributed(args)
+    except Exception as err:  # noqa: BLE001 -- the runtime's errors are many kinds; all end here
+        return _fail(f"--distributed: could not join the run: {type(err).__name__}: {_first_line(err)}")
+    try:
+        code = _run(args, overrides, where)
+    except Exception as err:  # noqa: BLE001
+        print(
+            f"fedconv-jax: error: {where}: {type(err).__name__}: {_first_line(err)} "
+            f"(if a peer process died, rerun every process with --resume)",
+            file=sys.stderr, flush=True,
+        )
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def _distributed_flag_problem(args) -> str | None:
+    given = [f"--{n.replace('_', '-')}" for n in ("coordinator", "num_processes", "process_id") if getattr(args, n) is not None]
+    if given and not args.distributed:
+        return f"{', '.join(given)} given without --distributed"
+    if args.num_processes is not None and args.num_processes < 1:
+        return f"--num-processes={args.num_processes} is not allowed: an integer >= 1"
+    if args.process_id is not None and not 0 <= args.process_id < (args.num_processes or args.process_id + 1):
+        return f"--process-id={args.process_id} is not allowed: an integer in [0, {args.num_processes - 1}] (--num-processes={args.num_processes})"
+    if args.peer_timeout < 1:
+        return f"--peer-timeout={args.peer_timeout} is not allowed: seconds >= 1"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
+def _run(args, overrides, where: str | None = None) -> int:
     # Heavy imports only after the arguments parse, so `--help` and usage errors are instant.
     from fedconv_jax.config import ConfigError
 
     try:
-        config = _load_config(args.config, overrides)
+        config = _load_config(args.config, overrides, local_devices=where is None)
     except ConfigError as err:
-        return _fail(str(err))
+        return _fail(str(err) if where is None else f"{where}: {err}")
     _use_compile_cache(args.compile_cache)
 
     from fedconv_jax.experiment import run_experiment
@@ -115,7 +166,13 @@ def _run(args, overrides) -> int:
     try:
         rows = run_experiment(config, Path(args.workdir), progress=not args.quiet, resume=args.resume)
     except ValueError as err:  # data-level and resume refusals (CheckpointError is a ValueError)
+        if where is not None:
+            raise
         return _fail(str(err))
+    from fedconv_jax.distributed import is_primary
+
+    if not is_primary():
+        return 0  # process 0 reports
     if not rows:
         print(f"nothing to run: the checkpoint in {args.workdir} is already at round {config.rounds} or later")
         return 0
@@ -268,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --workdir")
     run.add_argument("--compile-cache", default=None, metavar="DIR|off", help=COMPILE_CACHE_HELP)
+    dist = run.add_argument_group("several processes (jax.distributed; README: Several hosts)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="one of several processes of one run; --config.devices counts the devices of all")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="process 0's address (default: detected from Slurm, Open MPI or a TPU pod)")
+    dist.add_argument("--num-processes", type=int, default=None, help="default: detected")
+    dist.add_argument("--process-id", type=int, default=None, help="default: detected")
+    dist.add_argument("--peer-timeout", type=int, default=60, metavar="SECONDS",
+                      help="a peer silent this long is taken as dead and the run stops (default 60)")
     data = sub.add_parser("data", help="import, prepare or describe data sets", usage=DATA_USAGE)
     data_sub = data.add_subparsers(dest="data_command", required=True)
     imp = data_sub.add_parser("import", help="convert local files to the TFDS format (no TensorFlow)")
@@ -304,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     rest, sweep_texts = _split_overrides(rest, "--sweep.")
     args = parser.parse_args(rest)
     if args.command == "run":
-        return _run(args, overrides)
+        problem = _distributed_flag_problem(args)
+        if problem:
+            return _fail(problem)
+        return _run_distributed(args, overrides) if args.distributed else _run(args, overrides)
     if args.command == "sweep":
         return _sweep(args, overrides, sweep_texts)
     if args.command == "compare":

@@ -26,6 +26,7 @@ from fedconv_jax.core.sharding import (
     jit_round,
     make_client_mesh,
     padded_capacity,
+    place,
     replicated,
     state_shardings,
 )
@@ -40,6 +41,7 @@ from fedconv_jax.data import (
     split_natural,
 )
 from fedconv_jax.device_data import group_tiers, make_round_data
+from fedconv_jax.distributed import host_copy, is_primary
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
 
 
@@ -122,7 +124,7 @@ def build_experiment(
     mesh = make_client_mesh(config.devices)
     data = jax.device_put(data, data_shardings(mesh, data))
     if not abstract_state:
-        state = jax.device_put(state, state_shardings(mesh, state, algorithm.per_client_fields))
+        state = place(state, state_shardings(mesh, state, algorithm.per_client_fields))
     hparams = make_hparams(config)
     hparams = jax.device_put(hparams, replicated(mesh, hparams))
     return Experiment(config, algorithm, data, state, members, hparams)
@@ -190,6 +192,10 @@ def _prepare_workdir(
     return state, bad
 
 
+def _silent(message: str) -> None:
+    del message
+
+
 def run_experiment(
     config: ml_collections.ConfigDict,
     workdir: Path,
@@ -204,13 +210,17 @@ def run_experiment(
     (rows of later rounds are dropped from metrics.jsonl and recomputed, so every round
     appears once). Without it, a workdir that already holds a run is refused.
     """
+    primary = is_primary()  # with several processes, only process 0 writes files and shows progress
+    if not primary:
+        warn = _silent
     exp = build_experiment(config, abstract_state=resume)  # data refusals come before any write
     workdir = Path(workdir)
     state, bad_steps = _prepare_workdir(exp, workdir, resume, warn)
     start_round = int(state.round)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
-    checkpointing.truncate_metrics(workdir / "metrics.jsonl", start_round, warn)
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
+        checkpointing.truncate_metrics(workdir / "metrics.jsonl", start_round, warn)
     saver = None
     if config.checkpoint_every > 0:
         saver = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
@@ -225,11 +235,11 @@ def run_experiment(
     mesh = make_client_mesh(config.devices)
     round_fn, _ = round_program(exp)
     # a restored state arrives unplaced
-    state = jax.device_put(state, state_shardings(mesh, state, exp.algorithm.per_client_fields))
+    state = place(state, state_shardings(mesh, state, exp.algorithm.per_client_fields))
 
     costs = None
     if config.client_costs:
-        samples = [np.asarray(n) for n in exp.data.num_samples]
+        samples = list(host_copy(exp.data.num_samples))
         costs = client_costs(exp.algorithm, samples, server_examples(exp.data))
 
     phase_seconds = None
@@ -241,11 +251,13 @@ def run_experiment(
         compiled = round_fn.lower(state, exp.data, exp.hparams).compile()
         compile_seconds = time.perf_counter() - start
 
-    client_masks = tuple(np.asarray(m) for m in exp.data.client_mask)
+    client_masks = tuple(host_copy(exp.data.client_mask))
     rows = []
-    writer = MetricsWriter(workdir / "metrics.jsonl")
+    writer = MetricsWriter(workdir / "metrics.jsonl") if primary else None
     rounds = range(start_round + 1, config.rounds + 1)
-    bar = tqdm(rounds, desc="rounds", unit="round", disable=not progress, initial=start_round, total=config.rounds)
+    bar = tqdm(
+        rounds, desc="rounds", unit="round", disable=not (progress and primary), initial=start_round, total=config.rounds
+    )
     try:
         for r in bar:
             with counter.counting():
@@ -262,14 +274,15 @@ def run_experiment(
                 round_index=r, algorithm=config.algorithm, device_metrics=device_metrics,
                 tier_ratios=exp.spec.tier_ratios, client_masks=client_masks,
                 seconds=seconds, phase_seconds=phases, compiles=counter.count,
-                digest=params_digest(exp.algorithm.digest(state)),
+                digest=params_digest(host_copy(exp.algorithm.digest(state))),
             )
             row["compile_seconds"] = compile_seconds
             row["client_costs"] = costs
             row["phase_seconds_source"] = (
                 f"phase-separated run of round {start_round + 1}, compile excluded" if phases else None
             )
-            writer.write(row)
+            if writer is not None:
+                writer.write(row)
             rows.append(row)
             if saver is not None and (r % config.checkpoint_every == 0 or r == config.rounds):
                 saver.save(state, meta)  # after the row: a checkpoint never runs ahead of metrics
@@ -280,7 +293,8 @@ def run_experiment(
                 client_acc=f"{row['client_accuracy'] or 0:.3f}",
             )
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         bar.close()
         if saver is not None:
             saver.close()

@@ -172,3 +172,16 @@ def test_compile_cache_flag_then_environment_then_default(monkeypatch, tmp_path)
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     assert _compile_cache_dir(None) == str(Path(DEFAULT_COMPILE_CACHE).expanduser())
     assert "~" not in _compile_cache_dir(None)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--process-id", "1"], "--process-id given without --distributed"),
+    (["--distributed", "--num-processes", "0"], "--num-processes=0 is not allowed: an integer >= 1"),
+    (["--distributed", "--num-processes", "2", "--process-id", "2"], "--process-id=2 is not allowed: an integer in [0, 1]"),
+    (["--distributed", "--peer-timeout", "0"], "--peer-timeout=0 is not allowed"),
+])
+def test_bad_distributed_flags_exit_2_before_joining_anything(tmp_path, capsys, flags, message):
+    code = main(["run", "--config", SMOKE, "--workdir", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()

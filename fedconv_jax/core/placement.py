@@ -20,8 +20,8 @@ MEMORY_FRACTION = 0.5
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:
-    """The memory limit XLA reports for `device` (default: the first), None if it reports none (CPU)."""
-    stats = (device or jax.devices()[0]).memory_stats()
+    """The memory limit XLA reports for `device` (default: this process's first), None if it reports none (CPU)."""
+    stats = (device or jax.local_devices()[0]).memory_stats()
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
 

@@ -96,6 +96,20 @@ def replicated(mesh, tree):
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
+def place(tree, shardings):
+    """`jax.device_put(tree, shardings)`, also where a sharding spans other processes' devices
+    (every process passes the same value). Typed PRNG keys travel as their key data there:
+    `device_put` takes keys only to addressable devices."""
+
+    def one(leaf, sharding):
+        if sharding.is_fully_addressable or not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.device_put(leaf, sharding)
+        data = jax.device_put(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+
+    return jax.tree.map(one, tree, shardings)
+
+
 def data_shardings(mesh, data):
     """Per-client index lists, masks and sample counts along "clients"; the data set replicated.
 
@@ -146,6 +160,7 @@ __all__ = [
     "map_clients_over_devices",
     "map_clients_sharded",
     "padded_capacity",
+    "place",
     "replicated",
     "request_cpu_devices",
     "state_shardings",
