@@ -1,4 +1,4 @@
-"""Exact resume of a real CLI run killed with SIGKILL (mid-run and during a checkpoint write).
+"""Exact resume of a real CLI run killed with SIGKILL during a checkpoint write, past a corrupt checkpoint.
 
 Every subprocess would pay the round's compile; they share the test run's persistent
 compilation cache (conftest.py), so only the uninterrupted reference, run first, compiles;
@@ -70,7 +70,7 @@ def _garble_newest(workdir: Path) -> int:
     return newest
 
 
-def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_digests(tmp_path, env):
+def test_sigkill_during_a_save_then_resume_past_a_corrupt_checkpoint_gives_the_uninterrupted_digests(tmp_path, env):
     config = tmp_path / "tiny.py"
     config.write_text(CONFIG)
     workdir = tmp_path / "killed"
@@ -80,26 +80,16 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_digests(tmp_path, 
     ref = subprocess.run(_command(config, reference), env=env, check=False, capture_output=True, text=True, timeout=900)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    # 1. Killed mid-run, as soon as the second round's row is on disk.
-    proc = subprocess.Popen(_command(config, workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 900  # generous: the first compile is slow on a loaded CPU
-    while len(_rows(workdir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None and len(_rows(workdir)) >= 2, "the run ended or stalled before round 2"
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
-
-    # 2. Resumed, then killed by SIGKILL while the round-4 checkpoint is being written.
+    # 1. Killed mid-run by SIGKILL while the round-4 checkpoint is being written: the saves of
+    # rounds 2 and 3 may still be in flight too (they are asynchronous).
     killed = subprocess.run(
-        _command(config, workdir, "--resume"), env={**env, KILL_DURING_SAVE_ENV: "4"},
+        _command(config, workdir), env={**env, KILL_DURING_SAVE_ENV: "4"},
         check=False, capture_output=True, text=True, timeout=900,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert "resuming from the checkpoint of round" in killed.stderr or "starting at round 1" in killed.stderr
     assert [r["round"] for r in _rows(workdir)] == [1, 2, 3, 4]  # row 4 is written before its save
 
-    # 3. The newest complete checkpoint is then corrupted: the resume falls back past it.
+    # 2. Resumed: the newest complete checkpoint is corrupted first, so the resume falls back past it.
     garbled = _garble_newest(workdir)
     done = subprocess.run(_command(config, workdir, "--resume"), env=env, check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
