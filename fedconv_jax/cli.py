@@ -296,6 +296,18 @@ def _sweep(args, overrides, sweep_texts) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from fedconv_jax.report import ReportError, write_report
+
+    try:
+        path, table = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    except ReportError as err:
+        return _fail(str(err))
+    print(table)
+    print(f"phase plot -> {path}")
+    return 0
+
+
 def _quiet_background_errors() -> None:
     """One line, not a traceback, for errors in library background threads and callbacks.
 
@@ -366,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="how the runs share the program: lax.map (default; on CPU as fast as vmap at 4 and 16 runs, faster at 1) or vmap")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument("--compile-cache", default=None, metavar="DIR|off", help=COMPILE_CACHE_HELP)
+    report = sub.add_parser("report", help="per-round accuracy of each learned phase of a run (FedConv), as a table and a PNG")
+    report.add_argument("run_dir", help="a run's --workdir (reads metrics.jsonl)")
+    report.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/phases.png)")
     rest, overrides = _split_overrides(argv)
     rest, sweep_texts = _split_overrides(rest, "--sweep.")
     args = parser.parse_args(rest)
@@ -378,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(args, overrides, sweep_texts)
     if args.command == "compare":
         return _compare(args, overrides)
+    if args.command == "report":
+        return _report(args)
     if args.data_command == "import":
         return _data_import(args)
     if args.data_command == "prepare":

@@ -185,3 +185,27 @@ def test_bad_distributed_flags_exit_2_before_joining_anything(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_report_draws_each_phase_before_and_after_tuning(tmp_path, capsys):
+    rows = [
+        {"round": r, "algorithm": "fedconv", "global_accuracy": g, "client_accuracy": 0.9, "details": {
+            "compress/0.5/holdout_before": 0.5, "compress/0.5/holdout_accuracy": 0.6, "compress/0.5/best_epoch": 2,
+            "dilate/0.5/holdout_before": [0.7, 0.9], "dilate/0.5/holdout_accuracy": [0.8, 0.9], "dilate/0.5/best_epoch": [1, 0],
+            "aggregate/holdout_before": 0.95, "aggregate/holdout_accuracy": 0.93, "aggregate/best_epoch": 0,
+        }}
+        for r, g in ((1, 0.91), (2, 0.92))
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"torn')
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| round | global | aggregate gain | compress/0.5 gain | dilate/0.5 gain |"
+    assert out[2] == "| 1 | 91.00 | -2.00 | +10.00 | +5.00 |"  # dilation: the mean over the tier's clients
+    assert out[-1] == f"phase plot -> {tmp_path / 'phases.png'}"
+    assert (tmp_path / "phases.png").stat().st_size > 10_000
+
+
+def test_report_of_a_missing_run_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "metrics.jsonl does not exist" in err

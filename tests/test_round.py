@@ -56,6 +56,12 @@ def test_round_compiles_once_and_is_deterministic():
     before = jax.tree.leaves(exp.state.dilation[1])
     after = jax.tree.leaves(state.dilation[1])
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    # Phase metrics (`fedconv-jax report`): each learned step's start and selection; a loop
+    # that kept its start (epoch 0) reports the same accuracy before and after.
+    for phase in ("compress/0.5/", "dilate/0.5/", "aggregate/"):
+        start, chosen, epoch = (np.asarray(metrics[phase + k]) for k in ("holdout_before", "holdout_accuracy", "best_epoch"))
+        assert start.shape == chosen.shape == epoch.shape == ((2,) if phase.startswith("dilate") else ())
+        np.testing.assert_array_equal(np.where(epoch == 0, start, chosen), chosen)
 
     state_b = build_experiment(_with_seed(tiny_config(), 1)).state
     _, third, _ = run(state_b, 1)

@@ -71,6 +71,12 @@ def test_tune_learns_and_selection_uses_the_holdout(digits):
     acc, _ = evaluate(lambda x: linear_logits(result.params, x), images, labels, test)
     assert float(acc) > 0.85
     assert int(result.best_epoch) >= 1
+    # The curve: held-out accuracy after 0..3 epochs; its first point is the untouched start
+    # (linear logits of zeros: every class ties, argmax says class 0), the selected one is reported.
+    assert result.holdout_curve.shape == (4,)
+    start_acc, _ = evaluate(lambda x: linear_logits(params, x), images, labels, holdout)
+    assert float(result.holdout_curve[0]) == pytest.approx(float(start_acc), abs=1e-6)  # jit vs eager sums
+    assert float(result.holdout_curve[int(result.best_epoch)]) == float(result.holdout_accuracy)
     # With a destructive learning rate the starting point (epoch 0) must be kept.
     trained = result.params
     bad = tune(linear_logits, trained, opt, images, labels, train, holdout, jax.random.key(0), TuningConfig(epochs=2), lr=50.0)

@@ -58,6 +58,7 @@ class TuneResult(NamedTuple):
     holdout_loss: jax.Array
     holdout_accuracy: jax.Array
     best_epoch: jax.Array  # 0 = the starting point was kept
+    holdout_curve: jax.Array  # (epochs + 1,) held-out accuracy after 0, 1, ... epochs
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
@@ -196,17 +197,17 @@ def tune(
             return p, s
 
         p, s = jax.lax.cond(e < config.epochs, train_epoch, lambda p, s: (p, s), p, s)
-        return (p, s, best), None
+        return (p, s, best), acc
 
     if config.epochs == 0:
         acc, loss = holdout_metrics(params)
-        return TuneResult(params, opt_state, loss, acc, jnp.int32(0))
+        return TuneResult(params, opt_state, loss, acc, jnp.int32(0), acc[None])
     keys = jax.random.split(key, config.epochs)
     acc0, loss0 = jax.eval_shape(holdout_metrics, params)  # float32, or float64 under jax.enable_x64
     best0 = (params, opt_state, jnp.full((), jnp.inf, loss0.dtype), jnp.zeros((), acc0.dtype), jnp.int32(0))
     epoch = jax.checkpoint(epoch) if config.remat else epoch
-    (_, _, best), _ = jax.lax.scan(epoch, (params, opt_state, best0), jnp.arange(config.epochs + 1, dtype=jnp.int32))
-    return TuneResult(*best)
+    (_, _, best), curve = jax.lax.scan(epoch, (params, opt_state, best0), jnp.arange(config.epochs + 1, dtype=jnp.int32))
+    return TuneResult(*best, curve)
 
 
 def refresh_batch_stats(

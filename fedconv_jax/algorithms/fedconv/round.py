@@ -272,6 +272,7 @@ def compress_phase(cfg: FedConvSpec, state: ServerState, data: RoundData, hparam
         opts.append(result.opt_state)
         acc, _ = evaluate(_logits_at(cfg, ratio, sub), data.images, data.labels, data.server_test, cfg.eval_chunk)
         metrics[f"compress/{ratio:g}/holdout_accuracy"] = result.holdout_accuracy
+        metrics[f"compress/{ratio:g}/holdout_before"] = result.holdout_curve[0]  # this round's filters untuned
         metrics[f"compress/{ratio:g}/best_epoch"] = result.best_epoch
         metrics[f"compress/{ratio:g}/test_accuracy"] = acc
     state = state.replace(compression=tuple(filters), compression_opt=tuple(opts))
@@ -323,13 +324,13 @@ def dilate_phase(
                 lr=lr, lr_min=lr_min,
             )
             big = {"params": dilated(result.params), "batch_stats": stats}
-            return big, result.params, result.opt_state, result.holdout_accuracy
+            return big, result.params, result.opt_state, (result.holdout_accuracy, result.holdout_curve[0], result.best_epoch)
 
         shared = (
             gv["batch_stats"], base, data.images, data.labels, data.server_train, data.server_holdout,
             hparams["filter_lr"], hparams["filter_lr_min"],
         )
-        big, f, opt, acc = _map_clients(
+        big, f, opt, (acc, before, best) = _map_clients(
             cfg, one_client, shared, trained[t], state.dilation[t], state.dilation_opt[t], keys
         )
         mask = data.client_mask[t]
@@ -337,6 +338,8 @@ def dilate_phase(
         filters.append(select_clients(mask, f, state.dilation[t]))  # absent slots keep theirs
         opts.append(select_clients(mask, opt, state.dilation_opt[t]))
         metrics[f"dilate/{ratio:g}/holdout_accuracy"] = acc
+        metrics[f"dilate/{ratio:g}/holdout_before"] = before  # last round's filters on this upload
+        metrics[f"dilate/{ratio:g}/best_epoch"] = best
     state = state.replace(dilation=tuple(filters), dilation_opt=tuple(opts))
     return state, tuple(dilated), metrics
 
@@ -401,7 +404,11 @@ def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask)
         data.server_train, data.server_holdout, round_key(state, "aggregate"),
         cfg.aggregate, lr=hparams["aggregate_lr"], regularizer=kld,
     )
-    metrics = {"aggregate/holdout_accuracy": result.holdout_accuracy, "aggregate/best_epoch": result.best_epoch}
+    metrics = {
+        "aggregate/holdout_accuracy": result.holdout_accuracy,
+        "aggregate/holdout_before": result.holdout_curve[0],  # last round's weights on these uploads
+        "aggregate/best_epoch": result.best_epoch,
+    }
     return result.params, result.opt_state, metrics
 
 
