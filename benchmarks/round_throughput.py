@@ -21,6 +21,7 @@ Usage (from the repository root)::
 
     python benchmarks/round_throughput.py           # K=8, n=640, 5 repeats
     python benchmarks/round_throughput.py --quick   # K=4, n=320, 3 repeats; < 1 minute
+    python benchmarks/round_throughput.py --conv-impl lax --strategies map vmap   # lax.conv model
 
 Writes benchmarks/results/round_throughput{,_quick}.json. The last line is
 ``speedup_vs_pytorch=<x> speedup_vs_loop=<y> matmul_fraction=<z>`` for the best compiled
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=20_000, help="synthetic set size")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--strategies", nargs="+", default=None)
+    parser.add_argument(
+        "--conv-impl", choices=("im2col", "lax"), default="im2col",
+        help="convolution of the JAX model (models/layers.py); torch is unaffected",
+    )
     parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="K=4, n=320, 3 repeats")
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = data.idx.shape[1] // args.batch
     client_steps = args.clients * args.epochs * steps_per_epoch
     flops = step_flops(args.batch)
-    model = make_model("cnn", 10, (28, 28, 1), "im2col")
+    model = make_model("cnn", 10, (28, 28, 1), args.conv_impl)
     variables = model.init(jax.random.fold_in(key, 2))
     inputs = (model, variables, images, labels, data, keys)
 
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(
         f"\nK={args.clients} clients x n={args.samples} samples x E={args.epochs} epochs, batch {args.batch}:"
-        f" {client_steps} client-steps per call; {flops / 1e6:.1f} MFLOP per step; median of {args.repeats}"
+        f" {client_steps} client-steps per call; {args.conv_impl} convolutions; {flops / 1e6:.1f} MFLOP per step; median of {args.repeats}"
         f" interleaved calls; lax.map batch_size={args.chunk}; fp32 2048^2 matmul {matmul_rate:.1f} GFLOP/s"
         f" (start {rate:.1f}, end {rate_end:.1f})\n"
     )
