@@ -363,11 +363,11 @@ def test_gradient_on_two_devices_equals_one_device():
 @slow
 @pytest.mark.parametrize("algorithm", fc.algorithm_names())
 def test_every_algorithm_has_finite_gradients_through_a_round(algorithm):
-    from fedconv_jax.core.tuning import masked_cross_entropy
-
     """d holdout loss / d (traced hyper-parameters, initial global parameters) through one
     round of every registered algorithm: finite, and not all zero. Algorithms without a
     global model (standalone, fedmd) are scored by their first client's model instead."""
+    from fedconv_jax.core.tuning import masked_cross_entropy
+
     config = fc.default_config()
     config.update(algorithm=algorithm, num_clients=2, shrink_ratios=(1.0, 0.5), local_epochs=1, pretrain_epochs=1,
                   compress_epochs=1, dilate_epochs=1, aggregate_epochs=1, batch_size=2048, phase_timing=False,
