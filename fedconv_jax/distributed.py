@@ -8,7 +8,8 @@ and the progress bar; every process takes part in a checkpoint and process 0 com
 
 A peer that dies fails the survivors' next collective at once (on CPU, gloo's "connection
 closed by peer"); outside a collective, the coordination service's heartbeat check stops them
-after `heartbeat_timeout` seconds. Either way the CLI prints one line and exits.
+after `heartbeat_timeout` seconds. In the first case the CLI prints one line and exits; in
+the second, JAX's runtime aborts the process with its own "another task died" message.
 """
 
 import jax

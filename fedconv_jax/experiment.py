@@ -274,7 +274,7 @@ def run_experiment(
                 round_index=r, algorithm=config.algorithm, device_metrics=device_metrics,
                 tier_ratios=exp.spec.tier_ratios, client_masks=client_masks,
                 seconds=seconds, phase_seconds=phases, compiles=counter.count,
-                digest=params_digest(host_copy(exp.algorithm.digest(state))),
+                digest=params_digest(exp.algorithm.digest(state)),
             )
             row["compile_seconds"] = compile_seconds
             row["client_costs"] = costs

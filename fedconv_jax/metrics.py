@@ -8,6 +8,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from fedconv_jax.distributed import host_copy
+
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -39,8 +41,8 @@ def params_digest(params) -> str:
     `digest(state)` returns (the global parameters; the clients' own models too where an
     algorithm keeps them: standalone has no global model)."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        digest.update(np.asarray(jax.device_get(leaf)).tobytes())
+    for leaf in jax.tree.leaves(host_copy(params)):  # gathered where a leaf spans processes
+        digest.update(np.asarray(leaf).tobytes())
     return digest.hexdigest()
 
 
