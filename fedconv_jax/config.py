@@ -105,7 +105,9 @@ def default_config() -> ml_collections.ConfigDict:
     # --- execution
     c.conv_impl = "auto"  # model convolution: "auto", "im2col" (fast on CPU) or "lax"
     c.client_parallelism = "auto"  # clients of a tier: "auto" (per backend, core/placement.py), "map" (lax.map in chunks) or "vmap"
-    c.client_chunk = 1  # clients per lax.map chunk with "map" (1 = one after another: measured fastest on CPU)
+    # clients per lax.map chunk with "map": an int, or "auto" (1 on CPU, measured fastest there;
+    # on an accelerator the clients that fit in half its memory). Typed object: int or "auto".
+    c.client_chunk = ml_collections.FieldReference("auto", field_type=object)
     c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
     c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
@@ -148,9 +150,14 @@ def load_config(path: str | Path) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+AUTO_OR_INT = ("client_chunk",)  # fields that take "auto" or an integer
+
+
 def _parse_value(field: str, text: str, default):
     """Parses an override with the type of the field's default."""
     try:
+        if field in AUTO_OR_INT:
+            return "auto" if text.strip() == "auto" else int(text)
         if isinstance(default, bool):
             lowered = text.strip().lower()
             if lowered not in ("true", "false", "1", "0"):
@@ -165,8 +172,8 @@ def _parse_value(field: str, text: str, default):
             return tuple(value) if isinstance(value, tuple | list) else (value,)
         return text
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        kind = type(default).__name__
-        raise ConfigError(field, text, f"a value of type {kind}") from None
+        kind = '"auto" or an integer' if field in AUTO_OR_INT else f"a value of type {type(default).__name__}"
+        raise ConfigError(field, text, kind) from None
 
 
 def _section_of(config: ml_collections.ConfigDict, field: str):
@@ -212,10 +219,10 @@ def _choice(config, field, allowed):
         raise ConfigError(field, config[field], "one of " + ", ".join(map(str, allowed)))
 
 
-def _positive_int(config, field, minimum=1, maximum=MAX_INT):
+def _positive_int(config, field, minimum=1, maximum=MAX_INT, allowed="an integer in [{minimum}, {maximum}]"):
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ConfigError(field, value, f"an integer in [{minimum}, {maximum}]")
+        raise ConfigError(field, value, allowed.format(minimum=minimum, maximum=maximum))
 
 
 def _number(config, field, low, high, low_open=False, high_open=False):
@@ -245,8 +252,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(field, config[field], "true or false")
     _positive_int(config, "seed", minimum=0)
     _positive_int(config, "data_seed", minimum=-1)
-    for field in ("rounds", "num_clients", "local_epochs", "client_chunk", "eval_chunk", "shards_per_client"):
+    for field in ("rounds", "num_clients", "local_epochs", "eval_chunk", "shards_per_client"):
         _positive_int(config, field)
+    if config.client_chunk != "auto":
+        _positive_int(config, "client_chunk", allowed="\"auto\" or an integer in [1, {maximum}]")
     _positive_int(config, "batch_size", maximum=MAX_BATCH)
     _positive_int(config, "keep_checkpoints")
     for field in ("pretrain_epochs", "checkpoint_every"):

@@ -1,8 +1,8 @@
-"""client_parallelism="auto": per backend, and the chunk sized from memory on accelerators."""
+"""client_parallelism / client_chunk "auto": per backend, the chunk sized from memory on accelerators."""
 
 import pytest
 
-from fedconv_jax.config import default_config, make_round_spec, validate
+from fedconv_jax.config import ConfigError, apply_overrides, default_config, make_round_spec, validate
 from fedconv_jax.core.placement import (
     clients_that_fit,
     device_memory_bytes,
@@ -15,8 +15,11 @@ def _never():
 
 
 def test_cpu_runs_clients_one_after_another_without_compiling():
-    assert resolve_client_parallelism("auto", 7, "cpu", 20, _never, None) == ("map", 1)
-    assert resolve_client_parallelism("vmap", 7, "gpu", 20, _never, 10**9) == ("vmap", 7)  # explicit wins
+    assert resolve_client_parallelism("auto", "auto", "cpu", 20, _never, None) == ("map", 1)
+    assert resolve_client_parallelism("map", "auto", "cpu", 20, _never, None) == ("map", 1)
+    assert resolve_client_parallelism("auto", 7, "cpu", 20, _never, None) == ("map", 7)  # a chunk by hand wins
+    assert resolve_client_parallelism("vmap", 7, "gpu", 20, _never, 10**9) == ("vmap", 1)  # chunk unused
+    assert resolve_client_parallelism("map", 3, "gpu", 20, _never, 10**9) == ("map", 3)
 
 
 @pytest.mark.parametrize(
@@ -24,7 +27,10 @@ def test_cpu_runs_clients_one_after_another_without_compiling():
     [(10, 1000, ("vmap", 1)), (100, 1000, ("map", 5)), (5000, 1000, ("map", 1))],
 )
 def test_accelerators_vmap_as_many_clients_as_half_the_memory_holds(per_client, memory, want):
-    assert resolve_client_parallelism("auto", 1, "gpu", 20, lambda: per_client, memory) == want
+    assert resolve_client_parallelism("auto", "auto", "gpu", 20, lambda: per_client, memory) == want
+    # "map" set by hand with an "auto" chunk: the same chunk, never the whole tier vmapped
+    chunk = min(20, max(1, memory // 2 // per_client))
+    assert resolve_client_parallelism("map", "auto", "gpu", 20, lambda: per_client, memory) == ("map", chunk)
 
 
 def test_clients_that_fit():
@@ -40,3 +46,19 @@ def test_the_default_config_resolves_to_the_measured_cpu_choice():
     assert device_memory_bytes() is None  # XLA:CPU reports no limit
     spec = make_round_spec(config, (1.0, 0.5), (2, 2), 10, (8, 8, 1))
     assert (spec.client_parallelism, spec.client_chunk) == ("map", 1)
+
+
+def test_client_chunk_takes_auto_or_a_positive_integer_from_the_command_line():
+    config = default_config()
+    assert config.client_chunk == "auto"
+    apply_overrides(config, {"client_chunk": "4"})
+    validate(config)
+    assert config.client_chunk == 4
+    apply_overrides(config, {"client_chunk": "auto"})
+    assert config.client_chunk == "auto"
+    for text, field_value in (("0", 0), ("-2", -2)):
+        apply_overrides(config, {"client_chunk": text})
+        with pytest.raises(ConfigError, match=f"client_chunk={field_value}.*\"auto\" or an integer in \\[1,"):
+            validate(config)
+    with pytest.raises(ConfigError, match="client_chunk='fast' is not allowed: \"auto\" or an integer$"):
+        apply_overrides(config, {"client_chunk": "fast"})

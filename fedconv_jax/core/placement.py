@@ -7,7 +7,8 @@ round_throughput), and cores are used through `devices` instead.
 Accelerators: clients side by side. `lax.map(batch_size=k)` vmaps k clients at a time, so the
 chunk is the memory knob: k = the most clients whose training fits in MEMORY_FRACTION of the
 device's memory, sized from XLA's memory analysis of one compiled client step at the widest
-trained width (`costs.step_costs`); a tier that fits whole is vmapped whole. Not yet measured
+trained width (`costs.step_costs`); a tier that fits whole is vmapped whole. `client_chunk`
+"auto" sizes the chunk the same way under "map" set by hand. Not yet measured
 on a GPU (no device was lent so far): the fraction leaves room for the server state, data and
 the tuning loops.
 """
@@ -33,26 +34,31 @@ def clients_that_fit(per_client_bytes: int, memory_bytes: int, capacity: int, fr
 
 def resolve_client_parallelism(
     parallelism: str,
-    chunk: int,
+    chunk: int | str,
     backend: str,
     capacity: int,
     per_client_bytes: Callable[[], int],
     memory_bytes: int | None,
 ) -> tuple[str, int]:
-    """("map" | "vmap", chunk) for a requested `parallelism`; "auto" picks per backend.
+    """("map" | "vmap", chunk) for a requested `parallelism` and `chunk`; "auto" picks per backend.
+
+    "auto" parallelism: "map" on CPU (or where the memory is unknown); on an accelerator
+    "vmap" when the whole tier fits, else "map". "auto" chunk: 1 on CPU, else the clients that
+    fit (`clients_that_fit`). Values set by hand are used as given.
 
     Args:
       capacity: the largest tier's client slots (per device).
       per_client_bytes: () -> peak bytes of one client's training step (compiled only when
-        needed: an accelerator with "auto").
+        needed: an accelerator with an "auto" choice).
       memory_bytes: the device's memory (`device_memory_bytes`), None if unknown.
     """
-    if parallelism != "auto":
-        return parallelism, chunk
-    if backend == "cpu" or memory_bytes is None:
-        return "map", 1
-    k = clients_that_fit(per_client_bytes(), memory_bytes, capacity)
-    return ("vmap", 1) if k >= capacity else ("map", k)
+    sized = not (backend == "cpu" or memory_bytes is None)
+    fit = clients_that_fit(per_client_bytes(), memory_bytes, capacity) if sized and "auto" in (parallelism, chunk) else 1
+    if parallelism == "auto":
+        parallelism = "vmap" if sized and fit >= capacity else "map"
+    if parallelism == "vmap":
+        return "vmap", 1  # the chunk is unused
+    return "map", fit if chunk == "auto" else int(chunk)
 
 
 __all__ = ["MEMORY_FRACTION", "clients_that_fit", "device_memory_bytes", "resolve_client_parallelism"]
