@@ -1,0 +1,116 @@
+"""Issue 18's ablation table and curves from the runs of benchmarks/ablations_mnist.sh.
+
+    python benchmarks/ablations_table.py runs/ablations_mnist [--out benchmarks/results/ablations_mnist]
+
+Reads ROOT/a<alpha>/<variant>/metrics.jsonl; prints a markdown table (global accuracy at
+rounds 1, 5 and the last, the best round, final minus best, the clients' mean accuracy, median
+seconds per round) and writes results.md, results.json and curves.png (global accuracy per
+round, one panel per alpha) to --out. Unfinished runs are shown with the rounds they have.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from fedconv_jax.report import ReportError, read_rows
+
+LABELS = {
+    "fc_model": "FedConv, dilation_target=model (shipped)",
+    "fc_update": "FedConv, dilation_target=update",
+    "fc_update_nocompress": "update, compression tuning off (slicing)",
+    "fc_update_nodilate": "update, dilation tuning off (global fill)",
+    "fc_update_meanagg": "update, learned aggregation off (weighted mean)",
+    "fc_update_alloff": "update, all three off",
+    "fc_model_alloff": "model, all three off (zero-padding, mean)",
+    "heterofl_pre": "HeteroFL + pre-training on D",
+    "fedrolex_pre": "FedRolex + pre-training on D",
+    "fedavg_full_pre": "FedAvg-full + pre-training on D (all clients at SR 1)",
+}
+
+
+def collect(root: Path) -> dict[str, dict[str, list[dict]]]:
+    """{alpha: {variant: rows}} for every run directory under ROOT."""
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for alpha_dir in sorted(root.glob("a*")):
+        for run_dir in sorted(p for p in alpha_dir.iterdir() if p.is_dir()):
+            try:
+                runs.setdefault(alpha_dir.name[1:], {})[run_dir.name] = read_rows(run_dir)
+            except ReportError:
+                continue
+    return runs
+
+
+def summary(rows: list[dict]) -> dict:
+    acc = [100 * r["global_accuracy"] for r in rows]
+    best = max(range(len(acc)), key=acc.__getitem__)
+    return {
+        "rounds": len(acc),
+        "global": acc,
+        "best_round": best + 1,
+        "best": acc[best],
+        "final_minus_best": acc[-1] - acc[best],
+        "clients_final": 100 * rows[-1]["client_accuracy"],
+        # round 1 carries the compile and the pre-training
+        "seconds_per_round": statistics.median(r["seconds"] for r in rows[1:]) if len(rows) > 1 else None,
+    }
+
+
+def table(runs) -> str:
+    lines = [
+        "| α | variant | rounds | global r1 / r5 / last (%) | best (round) | last − best | clients, last (%) | s / round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for alpha in sorted(runs, key=float, reverse=True):
+        for name in [v for v in LABELS if v in runs[alpha]] + sorted(set(runs[alpha]) - set(LABELS)):
+            s = summary(runs[alpha][name])
+            g = s["global"]
+            mid = f"{g[4]:.2f}" if len(g) >= 5 else "-"
+            sec = f"{s['seconds_per_round']:.1f}" if s["seconds_per_round"] else "-"
+            lines.append(
+                f"| {alpha} | {LABELS.get(name, name)} | {s['rounds']} | {g[0]:.2f} / {mid} / {g[-1]:.2f} "
+                f"| {s['best']:.2f} ({s['best_round']}) | {s['final_minus_best']:+.2f} | {s['clients_final']:.2f} | {sec} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = sorted(runs, key=float, reverse=True)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4.5), squeeze=False)
+    for ax, alpha in zip(axes[0], alphas, strict=True):
+        for name, rows in sorted(runs[alpha].items()):
+            acc = [100 * r["global_accuracy"] for r in rows]
+            style = "-" if name.startswith("fc_") else "--"
+            ax.plot(range(1, len(acc) + 1), acc, style, marker=".", label=LABELS.get(name, name))
+        ax.set(title=f"MNIST, α = {alpha}", xlabel="round", ylabel="global accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--out", type=Path, help="directory for results.md, results.json and curves.png")
+    args = parser.parse_args()
+    runs = collect(args.root)
+    if not runs:
+        raise SystemExit(f"no runs under {args.root}: run benchmarks/ablations_mnist.sh first")
+    text = table(runs)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text(text + "\n")
+        summaries = {a: {n: summary(rows) for n, rows in v.items()} for a, v in runs.items()}
+        (args.out / "results.json").write_text(json.dumps(summaries, indent=1))
+        plot(runs, args.out / "curves.png")
+
+
+if __name__ == "__main__":
+    main()
