@@ -7,8 +7,11 @@ from fedconv_jax.algorithms.fedconv.aggregation import (
     aggregate,
     init_aggregation_weights,
     kld_term,
+    over_holders,
 )
+from fedconv_jax.algorithms.fedconv.round import FedConvConfig
 from fedconv_jax.core.averaging import weighted_average
+from fedconv_jax.core.validation import FieldError
 
 N = jnp.array([10.0, 30.0, 60.0, 5.0])
 MASK = jnp.array([True, True, True, False])
@@ -74,3 +77,46 @@ def test_kld_is_zero_at_equality_and_its_gradient_reaches_the_weights():
 def test_unknown_granularity():
     with pytest.raises(ValueError, match="aggregation_granularity='tensor'"):
         init_aggregation_weights({"w": jnp.zeros(2)}, 2, "tensor")
+
+
+def _coverage():
+    """Client 0 holds everything, 1 the leading (2, 3) block of "w", 2 the leading (1, 2), 3 (absent) all."""
+    w = np.zeros((4, 3, 5))
+    w[0], w[3] = 1, 1
+    w[1, :2, :3] = 1
+    w[2, :1, :2] = 1
+    b = np.ones((4, 5))
+    b[1, 3:], b[2, 2:] = 0, 0
+    return {"w": w, "b": b}
+
+
+@pytest.mark.parametrize("weights", ["mean", "learned"])
+def test_over_holders_averages_each_element_update_over_the_clients_holding_it(weights):
+    """A loop over elements: previous + sum_(j holds e) c_j (x_j - previous) / sum_(j holds e) c_j,
+    with uploads equal to the previous model outside their block (dilated updates, identity filters)."""
+    previous, coverage = jax.tree.map(lambda x: x[0] * 0.5, stacked(2)), _coverage()
+    params = jax.tree.map(lambda x, g, h: np.where(h, x, g), stacked(1), previous, coverage)
+    if weights == "mean":
+        coeff = np.where(MASK, N, 0) / np.where(MASK, N, 0).sum()
+        combine = lambda x: weighted_average(x, N, MASK)  # noqa: E731
+    else:
+        u = jax.random.normal(jax.random.key(3), (4,))
+        v = {"w": u, "b": u}
+        coeff = np.asarray(jax.nn.softmax(jnp.where(MASK, jnp.log(N) + u, -jnp.inf)))
+        combine = lambda x: aggregate(x, v, N, MASK)  # noqa: E731
+    got = over_holders(combine, params, previous, coverage)
+    for key in params:
+        x, g, h = np.asarray(params[key], np.float64), np.asarray(previous[key], np.float64), coverage[key]
+        want = g.copy()
+        for e in np.ndindex(g.shape):
+            held = [j for j in range(4) if h[(j, *e)] and coeff[j] > 0]
+            if held:
+                want[e] += sum(coeff[j] * (x[(j, *e)] - g[e]) for j in held) / sum(coeff[j] for j in held)
+        np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got["w"], combine(params)["w"])  # not the plain weighted mean
+
+
+def test_over_holders_needs_the_update_target():
+    with pytest.raises(FieldError, match="aggregation_scope"):
+        FedConvConfig(aggregation_scope="holders")
+    assert FedConvConfig(aggregation_scope="holders", dilation_target="update").aggregation_scope == "holders"

@@ -2,7 +2,13 @@
 
 import pytest
 
-from fedconv_jax.config import ConfigError, apply_overrides, default_config, make_round_spec, validate
+from fedconv_jax.config import (
+    ConfigError,
+    apply_overrides,
+    default_config,
+    make_round_spec,
+    validate,
+)
 from fedconv_jax.core.placement import (
     clients_that_fit,
     device_memory_bytes,

@@ -167,7 +167,7 @@ def test_dilating_the_update_keeps_the_global_model_where_the_client_holds_nothi
     """dilation_target="update" with identity filters (compression slices, dilation zero-pads):
     the client's block replaces the global one, every other element keeps the global value."""
     from fedconv_jax.algorithms.fedconv.compression import leading_block
-    from fedconv_jax.algorithms.fedconv.round import dilate_phase
+    from fedconv_jax.algorithms.fedconv.round import aggregate_phase, dilate_phase
 
     exp = build_experiment(tiny_config())
     cfg = dataclasses.replace(exp.algorithm.spec, dilation_target="update", dilate_epochs=0)
@@ -187,3 +187,21 @@ def test_dilating_the_update_keeps_the_global_model_where_the_client_holds_nothi
         expected = jax.tree.map(want, global_params, trained[1]["params"])
         got = jax.tree.map(lambda x, slot=slot: x[slot], dilated[1]["params"])
         jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-6), got, expected)
+
+    # aggregation_scope="holders" with plain averaging: each element is the sample-weighted
+    # average of the uploads that hold it (HeteroFL's rule), else the previous global value.
+    cfg = dataclasses.replace(cfg, aggregation="mean", aggregation_scope="holders")
+    state, _, _ = jax.jit(functools.partial(aggregate_phase, cfg))(exp.state, exp.data, exp.hparams, dilated)
+    n = np.concatenate([np.where(m, k, 0.0) for m, k in zip(exp.data.client_mask, exp.data.num_samples, strict=True)])
+    assert np.count_nonzero(n[2:]) and np.count_nonzero(n[:2])  # both tiers upload
+
+    def holders_average(g, full, half):
+        total, weight = np.zeros(g.shape), np.zeros(g.shape)
+        for j, upload in enumerate([*full, *half]):
+            block = leading_block(upload.shape)
+            total[block] += n[j] * upload
+            weight[block] += n[j]
+        return np.where(weight > 0, total / np.maximum(weight, 1e-30), g)
+
+    expected = jax.tree.map(holders_average, global_params, trained[0]["params"], trained[1]["params"])
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), state.global_vars["params"], expected)

@@ -11,6 +11,12 @@ between rounds, that factor compounds and the global weights grow or shrink ever
 (measured on digits: accuracy peaks, then falls steadily). `normalize=True` uses
     W_l = sum_j softmax_j(log n_j + u_(j,l)) w_(j,l),  v = exp(u),
 a convex combination that also equals sample-weighted averaging at u = 0.
+
+Scope "holders" (with `dilation_target="update"`): each element's update is averaged over
+the clients whose sub-model holds it, W = W_G + sum_j c_j (D_j - W_G) / sum_j c_j h_j, with
+h_j the 0/1 coverage of client j's leading block and c_j the coefficients above. With
+identity filters and equal weights this is HeteroFL's average over holders; over all clients
+(scope "all") an element only SR-1 clients hold moves by their sample share of the update.
 """
 
 import jax
@@ -21,6 +27,7 @@ from fedconv_jax.core.types import Params
 from fedconv_jax.core.validation import check_choice
 
 GRANULARITIES = ("layer", "element")
+SCOPES = ("all", "holders")
 
 
 def init_aggregation_weights(
@@ -55,6 +62,19 @@ def aggregate(
         return jnp.sum(coeff * x, axis=0)
 
     return jax.tree.map(one_tensor, stacked, weights)
+
+
+def over_holders(combine, stacked: Params, previous: Params, coverage: Params) -> Params:
+    """Scope "holders": previous + combine(updates) / combine(coverage), per element.
+
+    combine: a linear map from a client-stacked tree to one tree with fixed coefficients
+    (`aggregate` at given weights, or `weighted_average`); coverage: per tensor, (clients,
+    *shape) 0/1, where each client's upload holds the element. Elements no client holds keep
+    combine(updates) as it is (0 with identity filters): the previous value plus any spill.
+    """
+    updates = jax.tree.map(lambda x, g: x - g, stacked, previous)
+    moved, share = combine(updates), combine(coverage)
+    return jax.tree.map(lambda g, m, h: g + m / jnp.where(h > 0, h, 1.0), previous, moved, share)
 
 
 def kld_term(previous_global: Params, aggregated: Params) -> jax.Array:

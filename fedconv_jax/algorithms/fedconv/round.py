@@ -19,14 +19,17 @@ from flax import struct
 
 from fedconv_jax.algorithms.fedconv.aggregation import (
     GRANULARITIES,
+    SCOPES,
     aggregate,
     init_aggregation_weights,
     kld_term,
+    over_holders,
 )
 from fedconv_jax.algorithms.fedconv.compression import (
     compress,
     compress_batch_stats,
     init_compression_filters,
+    leading_block,
 )
 from fedconv_jax.algorithms.fedconv.dilation import (
     dilate,
@@ -94,6 +97,10 @@ class FedConvConfig:
         W_G + TC_j(P_j) - TC_j(P_sent) with P_sent the sub-model the client was sent; with
         identity filters the client's block replaces the global one and every element it
         does not hold keeps the global value instead of 0 (issue 18's drift measurement).
+      aggregation_scope: "all": every present client's dilated model is weighted (Eq. 4).
+        "holders" (needs dilation_target="update"): each element's update is averaged over
+        the clients whose sub-model holds it (aggregation.over_holders); with identity
+        filters and plain averaging that is HeteroFL's rule.
     """
 
     filters: FilterConfig = FilterConfig()
@@ -108,6 +115,7 @@ class FedConvConfig:
     keep_best_global: bool = False
     compress_statistics: str = "refresh"
     dilation_target: str = "model"
+    aggregation_scope: str = "all"
 
     def __post_init__(self):
         if not isinstance(self.filters, FilterConfig):
@@ -120,6 +128,11 @@ class FedConvConfig:
         check_choice("compress_statistics", self.compress_statistics, COMPRESS_STATISTICS)
         check_choice("dilation_target", self.dilation_target, DILATION_TARGETS)
         check_choice("aggregation_granularity", self.aggregation_granularity, GRANULARITIES)
+        check_choice("aggregation_scope", self.aggregation_scope, SCOPES)
+        if self.aggregation_scope == "holders" and self.dilation_target != "update":
+            raise FieldError(
+                "aggregation_scope", self.aggregation_scope, '"all", or "holders" with dilation_target="update"'
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -361,13 +374,22 @@ def aggregate_phase(
     previous = state.global_vars
     stats = weighted_average(stacked["batch_stats"], n, mask)
     metrics = {}
+
+    def combined(combine):  # the aggregate for a linear client-stacked -> one map
+        if cfg.aggregation_scope == "all":
+            return combine(stacked["params"])
+        return over_holders(combine, stacked["params"], previous["params"], _coverage(cfg, previous["params"]))
+
+    def learned(v):
+        return combined(lambda x: aggregate(x, v, n, mask, cfg.aggregation_normalize))
+
     if cfg.aggregation == "learned":
-        weights, agg_opt, tune_metrics = _tune_aggregation(cfg, state, data, hparams, stacked["params"], stats, n, mask)
-        params = aggregate(stacked["params"], weights, n, mask, cfg.aggregation_normalize)
+        weights, agg_opt, tune_metrics = _tune_aggregation(cfg, state, data, hparams, learned, stats)
+        params = learned(weights)
         metrics.update(tune_metrics)
     else:
         weights, agg_opt = state.agg_weights, state.agg_opt
-        params = weighted_average(stacked["params"], n, mask)
+        params = combined(lambda x: weighted_average(x, n, mask))
     new_vars = refresh_batch_stats(
         _apply_at(cfg, 1.0), {"params": params, "batch_stats": stats},
         data.images, data.server_train, cfg.local_batch_size,
@@ -387,17 +409,29 @@ def aggregate_phase(
     return state.replace(global_vars=new_vars, agg_weights=weights, agg_opt=agg_opt), None, metrics
 
 
-def _tune_aggregation(cfg, state, data, hparams, stacked_params, stats, n, mask):
-    """Eq. 5: the aggregation weights minimise cross-entropy on D plus lambda * KLD."""
+def _coverage(cfg: FedConvSpec, params: Params) -> Params:
+    """Per tensor, (all client slots, *shape) 0/1, tier-major: where each tier's sub-model
+    sits in the global tensor (its leading block)."""
+    tiers = []
+    for ratio, capacity in zip(cfg.tier_ratios, cfg.tier_capacity, strict=True):
+        def block(g, s, capacity=capacity):
+            held = jnp.zeros(g.shape, g.dtype).at[leading_block(s.shape)].set(1)
+            return jnp.broadcast_to(held, (capacity, *g.shape))
+
+        tiers.append(jax.tree.map(block, params, _sub_template(cfg, ratio)["params"]))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *tiers)
+
+
+def _tune_aggregation(cfg, state, data, hparams, aggregated_at: Callable, stats):
+    """Eq. 5: the aggregation weights v minimise cross-entropy on D plus lambda * KLD;
+    aggregated_at(v) is the aggregate params at v."""
     previous = state.global_vars["params"]
 
     def agg_logits(v, x):
-        params = aggregate(stacked_params, v, n, mask, cfg.aggregation_normalize)
-        return cfg.model.apply(1.0, {"params": params, "batch_stats": stats}, x)[0]
+        return cfg.model.apply(1.0, {"params": aggregated_at(v), "batch_stats": stats}, x)[0]
 
     def kld(v):
-        aggregated = aggregate(stacked_params, v, n, mask, cfg.aggregation_normalize)
-        return hparams["kld_weight"] * kld_term(previous, aggregated)
+        return hparams["kld_weight"] * kld_term(previous, aggregated_at(v))
 
     result = tune(
         agg_logits, state.agg_weights, state.agg_opt, data.images, data.labels,
