@@ -18,6 +18,7 @@ from fedconv_jax.report import ReportError, read_rows
 LABELS = {
     "fc_model": "FedConv, dilation_target=model (shipped)",
     "fc_update": "FedConv, dilation_target=update",
+    "fc_update_holders": "update, aggregation_scope=holders",
     "fc_update_nocompress": "update, compression tuning off (slicing)",
     "fc_update_nodilate": "update, dilation tuning off (global fill)",
     "fc_update_meanagg": "update, learned aggregation off (weighted mean)",
