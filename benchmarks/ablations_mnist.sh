@@ -16,6 +16,10 @@ declare -A variant=(
   [fc_model]="--config.fedconv.dilation_target=model"
   [fc_update]="--config.fedconv.dilation_target=update"
   [fc_update_holders]="--config.fedconv.dilation_target=update --config.fedconv.aggregation_scope=holders"
+  [fc_holders_nocompress]="--config.fedconv.dilation_target=update --config.fedconv.aggregation_scope=holders --config.compress_epochs=0"
+  [fc_holders_nodilate]="--config.fedconv.dilation_target=update --config.fedconv.aggregation_scope=holders --config.dilate_epochs=0"
+  [fc_holders_meanagg]="--config.fedconv.dilation_target=update --config.fedconv.aggregation_scope=holders --config.fedconv.aggregation=mean"
+  [fc_holders_alloff]="--config.fedconv.dilation_target=update --config.fedconv.aggregation_scope=holders --config.compress_epochs=0 --config.dilate_epochs=0 --config.fedconv.aggregation=mean"
   [fc_update_nocompress]="--config.fedconv.dilation_target=update --config.compress_epochs=0"
   [fc_update_nodilate]="--config.fedconv.dilation_target=update --config.dilate_epochs=0"
   [fc_update_meanagg]="--config.fedconv.dilation_target=update --config.fedconv.aggregation=mean"
@@ -25,7 +29,8 @@ declare -A variant=(
   [fedrolex_pre]="--config.algorithm=fedrolex --config.baseline_pretrain=true"
   [fedavg_full_pre]="--config.algorithm=fedavg_full --config.baseline_pretrain=true"
 )
-order=(fc_model fc_update fc_update_holders heterofl_pre fc_update_alloff fc_update_nocompress fc_update_nodilate
+order=(fc_model fc_update fc_update_holders heterofl_pre fc_holders_nocompress fc_holders_nodilate
+  fc_holders_alloff fc_holders_meanagg fc_update_alloff fc_update_nocompress fc_update_nodilate
   fc_update_meanagg fc_model_alloff fedrolex_pre fedavg_full_pre)
 [ $# -gt 0 ] && order=("$@")
 for name in "${order[@]}"; do
