@@ -9,9 +9,7 @@ from fedconv_jax.algorithms.fedconv.aggregation import (
     kld_term,
     over_holders,
 )
-from fedconv_jax.algorithms.fedconv.round import FedConvConfig
 from fedconv_jax.core.averaging import weighted_average
-from fedconv_jax.core.validation import FieldError
 
 N = jnp.array([10.0, 30.0, 60.0, 5.0])
 MASK = jnp.array([True, True, True, False])
@@ -114,9 +112,3 @@ def test_over_holders_averages_each_element_update_over_the_clients_holding_it(w
                 want[e] += sum(coeff[j] * (x[(j, *e)] - g[e]) for j in held) / sum(coeff[j] for j in held)
         np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got["w"], combine(params)["w"])  # not the plain weighted mean
-
-
-def test_over_holders_needs_the_update_target():
-    with pytest.raises(FieldError, match="aggregation_scope"):
-        FedConvConfig(aggregation_scope="holders")
-    assert FedConvConfig(aggregation_scope="holders", dilation_target="update").aggregation_scope == "holders"

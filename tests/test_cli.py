@@ -80,7 +80,7 @@ BAD = [
     ("fedconv.filters.hidden", "0", "an integer in [1, 4096]"),
     ("global_width", "0.05", "a multiplier that leaves every unit of cnn a channel"),
     ("fedconv.aggregation", "median", "one of learned, mean"),
-    ("fedconv.aggregation_scope", "holders", '"all", or "holders" with dilation_target="update"'),
+    ("fedconv.aggregation_scope", "element", "one of all, holders"),
     ("client_chunk", "fast", '"auto" or an integer'),
     ("dataset", "mnist", "digits or tfds:<name>"),
     ("dataset", "tfds:", "digits or tfds:<name>"),

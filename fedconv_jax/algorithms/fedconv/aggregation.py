@@ -12,7 +12,8 @@ between rounds, that factor compounds and the global weights grow or shrink ever
     W_l = sum_j softmax_j(log n_j + u_(j,l)) w_(j,l),  v = exp(u),
 a convex combination that also equals sample-weighted averaging at u = 0.
 
-Scope "holders" (with `dilation_target="update"`): each element's update is averaged over
+Scope "holders": each element's update (dilation_target="update"; the dilated model itself
+for "model") is averaged over
 the clients whose sub-model holds it, W = W_G + sum_j c_j (D_j - W_G) / sum_j c_j h_j, with
 h_j the 0/1 coverage of client j's leading block and c_j the coefficients above. With
 identity filters and equal weights this is HeteroFL's average over holders; over all clients
