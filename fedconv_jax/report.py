@@ -122,6 +122,10 @@ def write_report(run_dir: Path, out: Path | None = None) -> tuple[Path, str]:
     else:
         table = summary_table(rows, series)
     path = Path(out) if out else run_dir / "phases.png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"--out {path}: cannot create its folder ({err.strerror})") from None
     plot_phases(rows, series, path, f"{run_dir.name}: {algorithm}, {len(rows)} rounds")
     return path, table
 

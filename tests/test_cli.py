@@ -205,6 +205,8 @@ def test_report_draws_each_phase_before_and_after_tuning(tmp_path, capsys):
     assert out[2] == "| 1 | 91.00 | -2.00 | +10.00 | +5.00 |"  # dilation: the mean over the tier's clients
     assert out[-1] == f"phase plot -> {tmp_path / 'phases.png'}"
     assert (tmp_path / "phases.png").stat().st_size > 10_000
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "new" / "folder" / "p.png")]) == 0  # made
+    assert (tmp_path / "new" / "folder" / "p.png").is_file()
 
 
 def test_report_of_a_missing_run_is_one_line(tmp_path, capsys):
