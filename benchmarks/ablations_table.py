@@ -16,9 +16,9 @@ from pathlib import Path
 from fedconv_jax.report import ReportError, read_rows
 
 LABELS = {
-    "fc_model": "FedConv, dilation_target=model (shipped)",
-    "fc_update": "FedConv, dilation_target=update",
-    "fc_update_holders": "update, aggregation_scope=holders",
+    "fc_model": "FedConv, the paper's form (dilation_target=model, aggregation_scope=all; the old default)",
+    "fc_update": "dilation_target=update, aggregation_scope=all",
+    "fc_update_holders": "update + aggregation_scope=holders (the new default)",
     "fc_holders_nocompress": "holders, compression tuning off (slicing)",
     "fc_holders_nodilate": "holders, dilation tuning off",
     "fc_holders_meanagg": "holders, learned aggregation off (mean over holders)",
@@ -87,14 +87,16 @@ def plot(runs, path: Path) -> None:
 
     alphas = sorted(runs, key=float, reverse=True)
     fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4.5), squeeze=False)
+    names = sorted({n for v in runs.values() for n in v}, key=lambda n: (n not in LABELS, list(LABELS).index(n) if n in LABELS else n))
+    color = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}  # one colour per variant in every panel
     for ax, alpha in zip(axes[0], alphas, strict=True):
-        for name, rows in sorted(runs[alpha].items()):
-            acc = [100 * r["global_accuracy"] for r in rows]
+        for name in [n for n in names if n in runs[alpha]]:
+            acc = [100 * r["global_accuracy"] for r in runs[alpha][name]]
             style = "-" if name.startswith("fc_") else "--"
-            ax.plot(range(1, len(acc) + 1), acc, style, marker=".", label=LABELS.get(name, name))
+            ax.plot(range(1, len(acc) + 1), acc, style, marker=".", color=color[name], label=LABELS.get(name, name))
         ax.set(title=f"MNIST, α = {alpha}", xlabel="round", ylabel="global accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
