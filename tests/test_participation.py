@@ -99,6 +99,7 @@ def _fault_config():
     c.pretrain_epochs = c.compress_epochs = c.aggregate_epochs = 0
     c.dilate_epochs = 1
     c.aggregation = "mean"
+    c.fedconv.aggregation_scope = "all"  # the sample-weighted mean over every client: the linear reference's rule
     c.phase_timing = False
     validate(c)
     return c
