@@ -102,7 +102,7 @@ def test_over_holders_averages_each_element_update_over_the_clients_holding_it(w
         v = {"w": u, "b": u}
         coeff = np.asarray(jax.nn.softmax(jnp.where(MASK, jnp.log(N) + u, -jnp.inf)))
         combine = lambda x: aggregate(x, v, N, MASK)  # noqa: E731
-    got = over_holders(combine, params, previous, coverage)
+    got = over_holders(combine, jax.tree.map(lambda x, g: x - g, params, previous), previous, coverage)
     for key in params:
         x, g, h = np.asarray(params[key], np.float64), np.asarray(previous[key], np.float64), coverage[key]
         want = g.copy()

@@ -25,6 +25,7 @@ def test_cpu_runs_clients_one_after_another_without_compiling():
     assert resolve_client_parallelism("map", "auto", "cpu", 20, _never, None) == ("map", 1)
     assert resolve_client_parallelism("auto", 7, "cpu", 20, _never, None) == ("map", 7)  # a chunk by hand wins
     assert resolve_client_parallelism("vmap", 7, "gpu", 20, _never, 10**9) == ("vmap", 1)  # chunk unused
+    assert resolve_client_parallelism("vmap", "auto", "gpu", 20, _never, 10**9) == ("vmap", 1)  # nothing sized
     assert resolve_client_parallelism("map", 3, "gpu", 20, _never, 10**9) == ("map", 3)
 
 

@@ -53,7 +53,8 @@ def resolve_client_parallelism(
       memory_bytes: the device's memory (`device_memory_bytes`), None if unknown.
     """
     sized = not (backend == "cpu" or memory_bytes is None)
-    fit = clients_that_fit(per_client_bytes(), memory_bytes, capacity) if sized and "auto" in (parallelism, chunk) else 1
+    needed = parallelism == "auto" or (parallelism == "map" and chunk == "auto")  # an explicit vmap ignores the chunk
+    fit = clients_that_fit(per_client_bytes(), memory_bytes, capacity) if sized and needed else 1
     if parallelism == "auto":
         parallelism = "vmap" if sized and fit >= capacity else "map"
     if parallelism == "vmap":

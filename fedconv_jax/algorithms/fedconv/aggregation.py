@@ -65,15 +65,16 @@ def aggregate(
     return jax.tree.map(one_tensor, stacked, weights)
 
 
-def over_holders(combine, stacked: Params, previous: Params, coverage: Params) -> Params:
+def over_holders(combine, updates: Params, previous: Params, coverage: Params) -> Params:
     """Scope "holders": previous + combine(updates) / combine(coverage), per element.
 
     combine: a linear map from a client-stacked tree to one tree with fixed coefficients
-    (`aggregate` at given weights, or `weighted_average`); coverage: per tensor, (clients,
-    *shape) 0/1, where each client's upload holds the element. Elements no client holds keep
-    combine(updates) as it is (0 with identity filters): the previous value plus any spill.
+    (`aggregate` at given weights, or `weighted_average`); updates: the stacked uploads minus
+    `previous` (computed once by the caller: the tuning loop calls this every step);
+    coverage: per tensor, (clients, *shape) 0/1, where each client's upload holds the
+    element. Elements no client holds keep combine(updates) as it is (0 with identity
+    filters): the previous value plus any spill.
     """
-    updates = jax.tree.map(lambda x, g: x - g, stacked, previous)
     moved, share = combine(updates), combine(coverage)
     return jax.tree.map(lambda g, m, h: g + m / jnp.where(h > 0, h, 1.0), previous, moved, share)
 

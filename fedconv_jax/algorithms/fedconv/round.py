@@ -373,12 +373,16 @@ def aggregate_phase(
     stats = weighted_average(stacked["batch_stats"], n, mask)
     metrics = {}
 
+    if cfg.aggregation_scope == "holders":  # loop-invariant parts, built once
+        # "model": uploads are 0 where a client holds nothing, so they average around 0
+        base = previous["params"] if cfg.dilation_target == "update" else jax.tree.map(jnp.zeros_like, previous["params"])
+        updates = jax.tree.map(lambda x, g: x - g, stacked["params"], base)
+        coverage = _coverage(cfg, previous["params"])
+
     def combined(combine):  # the aggregate for a linear client-stacked -> one map
         if cfg.aggregation_scope == "all":
             return combine(stacked["params"])
-        # "model": uploads are 0 where a client holds nothing, so they average around 0
-        base = previous["params"] if cfg.dilation_target == "update" else jax.tree.map(jnp.zeros_like, previous["params"])
-        return over_holders(combine, stacked["params"], base, _coverage(cfg, previous["params"]))
+        return over_holders(combine, updates, base, coverage)
 
     def learned(v):
         return combined(lambda x: aggregate(x, v, n, mask, cfg.aggregation_normalize))
