@@ -2,11 +2,16 @@
 # Issue 18's ablations on real MNIST: FedConv's learned steps switched off one at a time,
 # against HeteroFL with the same pre-training. Reduced budget (state it when quoting):
 # 10 rounds, 2 local epochs, 2 epochs per tuning loop, the paper's 20 clients, 2 devices.
-# Resumable: a finished run is skipped, an interrupted one continues from its checkpoint.
+# Resumable: a finished run is skipped, an interrupted one continues from its checkpoint;
+# finished runs' metrics.jsonl and config.json are kept in $STORE (committed) and copied back
+# into WORKDIR at the start, so a later sitting skips them too.
 #   FEDCONV_DATA_DIR=... benchmarks/ablations_mnist.sh [WORKDIR] [VARIANT ...]
 # then: python benchmarks/ablations_table.py WORKDIR
 set -u
 root=${1:-runs/ablations_mnist}; shift || true
+store=${STORE:-benchmarks/results/ablations_mnist/runs}
+. "$(dirname "$0")/run_store.sh"
+sync_runs "$store" "$root"
 rounds=${ROUNDS:-10}
 common=(--config configs/mnist.py --quiet
   --config.rounds="$rounds" --config.local_epochs=2 --config.compress_epochs=2
@@ -43,5 +48,6 @@ for name in "${order[@]}"; do
     # shellcheck disable=SC2086
     fedconv-jax run "${common[@]}" --workdir "$dir" "${resume[@]}" --config.alpha="$alpha" \
       ${variant[$name]} || echo "FAILED: $dir"
+    sync_runs "$root" "$store"
   done
 done

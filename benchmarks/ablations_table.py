@@ -6,6 +6,8 @@ Reads ROOT/a<alpha>/<variant>/metrics.jsonl; prints a markdown table (global acc
 rounds 1, 5 and the last, the best round, final minus best, the clients' mean accuracy, median
 seconds per round) and writes results.md, results.json and curves.png (global accuracy per
 round, one panel per alpha) to --out. Unfinished runs are shown with the rounds they have.
+Variants already in --out's results.json and not under ROOT (runs of an earlier sitting) are
+kept as they are there.
 """
 
 import argparse
@@ -61,14 +63,14 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def table(runs) -> str:
+def table(summaries) -> str:
     lines = [
         "| α | variant | rounds | global r1 / r5 / last (%) | best (round) | last − best | clients, last (%) | s / round |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for alpha in sorted(runs, key=float, reverse=True):
-        for name in [v for v in LABELS if v in runs[alpha]] + sorted(set(runs[alpha]) - set(LABELS)):
-            s = summary(runs[alpha][name])
+    for alpha in sorted(summaries, key=float, reverse=True):
+        for name in [v for v in LABELS if v in summaries[alpha]] + sorted(set(summaries[alpha]) - set(LABELS)):
+            s = summaries[alpha][name]
             g = s["global"]
             mid = f"{g[4]:.2f}" if len(g) >= 5 else "-"
             sec = f"{s['seconds_per_round']:.1f}" if s["seconds_per_round"] else "-"
@@ -79,19 +81,19 @@ def table(runs) -> str:
     return "\n".join(lines)
 
 
-def plot(runs, path: Path) -> None:
+def plot(summaries, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    alphas = sorted(runs, key=float, reverse=True)
+    alphas = sorted(summaries, key=float, reverse=True)
     fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4.5), squeeze=False)
-    names = sorted({n for v in runs.values() for n in v}, key=lambda n: (n not in LABELS, list(LABELS).index(n) if n in LABELS else n))
+    names = sorted({n for v in summaries.values() for n in v}, key=lambda n: (n not in LABELS, list(LABELS).index(n) if n in LABELS else n))
     color = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}  # one colour per variant in every panel
     for ax, alpha in zip(axes[0], alphas, strict=True):
-        for name in [n for n in names if n in runs[alpha]]:
-            acc = [100 * r["global_accuracy"] for r in runs[alpha][name]]
+        for name in [n for n in names if n in summaries[alpha]]:
+            acc = summaries[alpha][name]["global"]
             style = "-" if name.startswith("fc_") else "--"
             ax.plot(range(1, len(acc) + 1), acc, style, marker=".", color=color[name], label=LABELS.get(name, name))
         ax.set(title=f"MNIST, α = {alpha}", xlabel="round", ylabel="global accuracy (%)")
@@ -107,16 +109,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="directory for results.md, results.json and curves.png")
     args = parser.parse_args()
     runs = collect(args.root)
-    if not runs:
+    summaries = {}
+    if args.out and (args.out / "results.json").exists():
+        summaries = json.loads((args.out / "results.json").read_text())
+    for alpha, variants in runs.items():
+        for name, rows in variants.items():
+            summaries.setdefault(alpha, {})[name] = summary(rows)
+    if not summaries:
         raise SystemExit(f"no runs under {args.root}: run benchmarks/ablations_mnist.sh first")
-    text = table(runs)
+    text = table(summaries)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.md").write_text(text + "\n")
-        summaries = {a: {n: summary(rows) for n, rows in v.items()} for a, v in runs.items()}
         (args.out / "results.json").write_text(json.dumps(summaries, indent=1))
-        plot(runs, args.out / "curves.png")
+        plot(summaries, args.out / "curves.png")
 
 
 if __name__ == "__main__":

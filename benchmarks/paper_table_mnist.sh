@@ -18,21 +18,8 @@ algorithms=${ALGORITHMS:-fedconv,heterofl,fedrolex,fedavg_small,fedavg_full}
 cells=(0:1 0:0.1 0:0.05 0:10000 1:1 1:0.1 2:1 2:0.1)
 [ $# -gt 0 ] && cells=("$@")
 
-sync_cells() {  # sync_cells FROM TO: finished cells only (config.json beside metrics.jsonl)
-  local from=$1 to=$2 cell
-  [ -d "$from" ] || return 0
-  for cell in "$from"/seed*/*/; do
-    [ -f "$cell/config.json" ] && [ -f "$cell/metrics.jsonl" ] || continue
-    local rel=${cell#"$from"/}
-    local rows; rows=$(grep -c '"round"' "$cell/metrics.jsonl")
-    local want; want=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['rounds'])" "$cell/config.json")
-    [ "$rows" -ge "$want" ] || continue
-    [ -f "$to/$rel/metrics.jsonl" ] && cmp -s "$cell/metrics.jsonl" "$to/$rel/metrics.jsonl" && continue
-    mkdir -p "$to/$rel" && cp "$cell/metrics.jsonl" "$cell/config.json" "$to/$rel/"
-  done
-}
-
-sync_cells "$store" "$root"
+. "$(dirname "$0")/run_store.sh"
+sync_runs "$store" "$root"
 for cell in "${cells[@]}"; do
   seed=${cell%%:*} alpha=${cell#*:}
   echo "$(date +%T) seed $seed alpha $alpha"
@@ -41,5 +28,5 @@ for cell in "${cells[@]}"; do
     --config.rounds="${ROUNDS:-10}" --config.local_epochs=2 --config.compress_epochs=2 \
     --config.dilate_epochs=2 --config.aggregate_epochs=2 --config.devices=2 \
     --config.phase_timing=false --config.client_costs=false || echo "FAILED: seed $seed alpha $alpha"
-  sync_cells "$root" "$store"
+  sync_runs "$root" "$store"
 done
