@@ -5,7 +5,7 @@
 # Resumable: a finished run is skipped, an interrupted one continues from its checkpoint;
 # finished runs' metrics.jsonl and config.json are kept in $STORE (committed) and copied back
 # into WORKDIR at the start, so a later sitting skips them too.
-#   FEDCONV_DATA_DIR=... benchmarks/ablations_mnist.sh [WORKDIR] [VARIANT ...]
+#   FEDCONV_DATA_DIR=... [ALPHAS="1 0.1"] benchmarks/ablations_mnist.sh [WORKDIR] [VARIANT ...]
 # then: python benchmarks/ablations_table.py WORKDIR
 set -u
 root=${1:-runs/ablations_mnist}; shift || true
@@ -39,7 +39,7 @@ order=(fc_model fc_update fc_update_holders heterofl_pre fc_holders_nocompress f
   fc_update_meanagg fc_model_alloff fedrolex_pre fedavg_full_pre)
 [ $# -gt 0 ] && order=("$@")
 for name in "${order[@]}"; do
-  for alpha in 1 0.1; do
+  for alpha in ${ALPHAS:-1 0.1}; do
     dir="$root/a$alpha/$name"
     rows=$( [ -f "$dir/metrics.jsonl" ] && grep -c '"round"' "$dir/metrics.jsonl" || echo 0 )
     [ "$rows" -ge "$rounds" ] && { echo "done: $dir"; continue; }

@@ -8,7 +8,7 @@ Adam update g / (|g| + eps) turns a 1e-9 change of a near-zero gradient into an 
 and steps compound that (measured on one round with 32-example batches: float64 differences with
 relative steps 1e-4 and 1e-6 gave
 -39 and 2364 against a gradient of -56). With one step per loop the loss is piecewise smooth
-with small jumps (STEPS below): float64 differences (the median of three steps) agree with
+with small jumps (WINDOW below): float64 differences (a median of neighbour slopes) agree with
 the float32 gradient to 1e-2 and with a float64 gradient to 1e-4.
 
 Cost: the example's gradient program (float32, called twice), the float64 gradient program,
@@ -32,9 +32,6 @@ import fedconv_jax as fc
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 KINDS = ("hparams", "global_params", "compression", "dilation", "agg_weights")
 LEARNED_HPARAMS = ("local_lr", "pretrain_lr", "filter_lr", "filter_lr_min", "aggregate_lr", "kld_weight")
-# The aggregation weights' float32 gradient (|g| = 3e-3, sums of cancelling terms) was 1.7% off
-# float64 differences where a float64 gradient was 1e-4 off: float32 rounding, not a bug.
-FLOAT32_BOUND = {"agg_weights": 3e-2}
 
 
 def _python_api_example() -> str:
@@ -140,12 +137,15 @@ def test_every_gradient_is_finite_and_nonzero(example):
         assert _dot(grad, grad) > 0, kind
 
 
-# Central differences at three steps, the median kept: the round's loss is piecewise smooth
-# (a ReLU pre-activation or a max-pool argmax that flips changes one Adam step, so the loss
-# jumps by ~1e-11 .. 1e-7 at points packed along every direction). Between jumps the float64
-# gradient matched the secant slope to 2e-5 |g|; one step that straddles a jump is off by
-# jump / (2 eps), which a median of three steps outvotes (measured, session 11).
-STEPS = {"hparams": (1e-6, 1e-7, 1e-8), "params": (2e-8, 1e-8, 5e-9)}  # hparams: relative
+# The slope along a direction: the loss at 2K + 1 points t = h k / K, k = -K..K, and the median
+# of the 2K slopes between neighbours. The round's loss is piecewise smooth with small jumps
+# (a ReLU or max-pool switch inside a training step changes that step: jumps of 1e-11 .. 1e-7,
+# packed along every direction); a slope across a jump is off by jump / step, and the median
+# of many neighbours' slopes outvotes those. Measured (session 14) against the float64
+# gradient: the median of three central differences at steps 5e-9 .. 2e-8 was off by up to
+# 6.4e-4 |g|; this estimate at the windows below by at most 5e-6 |g|, for every kind.
+WINDOW = {"hparams": 1e-5, "params": 1e-6}  # hparams: relative (d loss / d log h)
+POINTS = 16  # K
 BOUND = {"float32": 1e-2, "float64": 1e-4}  # the issue's bounds, relative to |g|
 
 
@@ -157,51 +157,57 @@ def float64_gradient(offset_case):
         return jax.jit(jax.grad(loss64, argnums=(0, 1), allow_int=True))(_float64(state), _float64(hparams))
 
 
-FLOAT64_GAP = pytest.mark.xfail(
-    strict=False,
-    reason="session 11: the float64 gradient was 1.5e-4 .. 6.4e-4 |g| off these differences (bound 1e-4); "
-    "a probe of the same point met 1e-4 with per-kind gradients; the difference is not found yet",
-)
+def _directions(kind, grad):
+    """Hyper-parameters: each learned one, by a relative step (d loss / d log h: the rates
+    span 1e-5 .. 1); tensors: the gradient's own direction and a random one."""
+    if kind == "hparams":
+        return {name: {k: float(v) if k == name else 0.0 for k, v in grad.items()} for name in LEARNED_HPARAMS}
+    norm = _dot(grad, grad) ** 0.5
+    return {"gradient": jax.tree.map(lambda g: np.float64(g) / norm, grad), "random": _random_unit(grad, KINDS.index(kind))}
+
+
+@pytest.fixture(scope="module")
+def differences(offset_case):
+    """{kind: {name: (direction, slope)}}: float64 slopes of the round's loss (the median of
+    neighbour slopes over WINDOW) along the directions of the float32 gradient, computed once
+    for both precisions' checks."""
+    state, hparams, forward, d_state, d_hparams, _ = offset_case
+    out = {}
+    for kind in KINDS:
+        base = _part(kind, state, hparams)
+        window = WINDOW["hparams" if kind == "hparams" else "params"]
+        t = window * np.arange(-POINTS, POINTS + 1) / POINTS
+        # hparams directions carry the base values, so a step is relative
+        directions = _directions(kind, base if kind == "hparams" else _part(kind, d_state, d_hparams))
+        out[kind] = {}
+        for name, direction in directions.items():
+            values = []
+            for step in t:
+                with jax.enable_x64(True):
+                    moved = jax.tree.map(lambda x, d, step=step: np.float64(x) + step * d, base, direction)
+                    values.append(forward(*_with(kind, state, hparams, moved)))
+            out[kind][name] = (direction, float(np.median(np.diff(values) / np.diff(t))))
+    return out
 
 
 @slow
-@pytest.mark.parametrize("precision", ["float32", pytest.param("float64", marks=FLOAT64_GAP)])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradient_matches_central_finite_differences(offset_case, kind, precision, request):
+def test_gradient_matches_central_finite_differences(offset_case, differences, kind, precision, request):
     """The gradient (the example's float32 one, or the same round's in float64) against float64
-    central differences: |FD - g.v| <= 1e-2 |g| in float32 (1e-4 in float64), along the
-    gradient itself and along a random direction (hyper-parameters: each one, by a relative
-    step); FD is the median over the steps of STEPS."""
-    state, hparams, forward, d_state, d_hparams, _ = offset_case
+    finite differences: |FD - g.v| <= 1e-2 |g| in float32 (1e-4 in float64), along the
+    gradient itself and along a random direction, or along each learned hyper-parameter by a
+    relative step (|g| then is the norm of the d loss / d log h)."""
+    state, hparams, _, d_state, d_hparams, _ = offset_case
     if precision == "float64":
         d_state, d_hparams = request.getfixturevalue("float64_gradient")
     base, grad = _part(kind, state, hparams), _part(kind, d_state, d_hparams)
-    bound = BOUND[precision] * (FLOAT32_BOUND.get(kind, 1e-2) / 1e-2 if precision == "float32" else 1.0)
-
-    def directional(direction, steps):
-        slopes = []
-        for eps in steps:
-            values = []
-            for sign in (1.0, -1.0):
-                with jax.enable_x64(True):
-                    moved = jax.tree.map(lambda x, d, s=sign, e=eps: np.float64(x) + s * e * d, base, direction)
-                    values.append(forward(*_with(kind, state, hparams, moved)))
-            slopes.append((values[0] - values[1]) / (2 * eps))
-        return float(np.median(slopes))
-
-    if kind == "hparams":  # d loss / d log(h): the rates span 1e-5 .. 1
-        scaled = {k: float(grad[k]) * float(base[k]) for k in base}
-        norm = _dot(scaled, scaled) ** 0.5
-        for name in LEARNED_HPARAMS:  # the others (dropout, poisoning) act on no client here
-            direction = {k: float(base[k]) if k == name else 0.0 for k in base}
-            got = directional(direction, STEPS["hparams"])
-            assert abs(got - scaled[name]) <= bound * norm, (name, got, scaled[name], norm)
-        return
+    if kind == "hparams":
+        grad = {k: float(grad[k]) * float(base[k]) for k in base}  # d loss / d log h
     norm = _dot(grad, grad) ** 0.5
-    for direction in (jax.tree.map(lambda g: np.float64(g) / norm, grad), _random_unit(grad, KINDS.index(kind))):
-        got = directional(direction, STEPS["params"])
-        want = _dot(grad, direction)
-        assert abs(got - want) <= bound * norm, (kind, got, want, norm)
+    for name, (direction, slope) in differences[kind].items():
+        want = _dot(grad, direction) if kind != "hparams" else grad[name]
+        assert abs(slope - want) <= BOUND[precision] * norm, (kind, name, slope, want, norm)
 
 
 # --- remat: the same gradient, at each place it is applied --------------------------------
