@@ -65,18 +65,50 @@ def gather(full: Params, rules, idx: Indices) -> Params:
     return jax.tree.map(one, full, rules)
 
 
-def embed(sub: Params, rules, idx: Indices, full_shapes) -> tuple[Params, Params]:
-    """Scatters a sub-model back into global shapes: (values, 0/1 ownership), zeros elsewhere.
+def _channel_inverse(kept: jax.Array, width: int) -> jax.Array:
+    """(width,): where channel c sits among `kept` (distinct), or len(kept) if it is not
+    kept. A comparison, not a scatter: it fuses into one small kernel."""
+    hits = kept[None, :] == jnp.arange(width)[:, None]
+    return jnp.where(hits.any(1), jnp.argmax(hits, 1), kept.shape[0]).astype(jnp.int32)
 
-    Indices within one axis are distinct, so `.add` into zeros places each value once.
+
+def embed(sub: Params, rules, idx: Indices, full_shapes) -> tuple[Params, Params]:
+    """Places a sub-model back into global shapes: (values, 0/1 ownership), zeros elsewhere.
+
+    One axis at a time, as a gather: position p of a full axis reads sub position inverse[p],
+    out of range (filled with 0) where the sub-model has nothing. The inverse of each unit's
+    channels is computed once and reused by every axis it sizes. (An N-d scatter with a
+    broadcast index grid did the same with an index array of one row per sub-model element,
+    e.g. 38 MB for one full-width ResNet18 3x3x512x512 kernel, and one scatter per leaf and
+    client: 896 of a GoogLeNet Hermes round's 898 scatters. Compile time did not change
+    measurably: ResNet18 1/8 Hermes round, 131 s against 127-144 s, session 15.)
     """
+    inverses = {}
+
+    def axis_inverse(rule: AxisRule, size: int) -> jax.Array:
+        parts, sub_offset = [], 0
+        ends = [offset for _, _, offset in rule[1:]] + [size]
+        for (unit, repeat, offset), end in zip(rule, ends):
+            width, kept = (end - offset) // repeat, idx[unit].shape[0]
+            if unit not in inverses:
+                inverses[unit] = _channel_inverse(idx[unit], width)
+            inverse = inverses[unit]
+            at = sub_offset + inverse[:, None] * repeat + jnp.arange(repeat)  # channel-major
+            parts.append(jnp.where((inverse < kept)[:, None], at, -1).reshape(-1))
+            sub_offset += kept * repeat
+        inverse = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        return jnp.where(inverse < 0, sub_offset, inverse)  # sub_offset = the sub axis' size
 
     def one(x, rule, target):
-        shape = target.shape
-        grid = jnp.ix_(*(_axis_index(r, n, idx) for r, n in zip(rule, shape)))
-        values = jnp.zeros(shape, x.dtype).at[grid].add(x)
-        owned = jnp.zeros(shape, jnp.float32).at[grid].add(jnp.ones_like(x, jnp.float32))
-        return values, owned
+        owned = jnp.ones((), jnp.float32)
+        for axis, (r, n) in enumerate(zip(rule, target.shape)):
+            if r is None:
+                continue
+            inverse, kept = axis_inverse(r, n), x.shape[axis]
+            x = jnp.take(x, inverse, axis=axis, mode="fill", fill_value=0)
+            held = (inverse < kept).astype(jnp.float32)
+            owned = owned * held.reshape([n if a == axis else 1 for a in range(x.ndim)])
+        return x, jnp.broadcast_to(owned, target.shape)
 
     out = jax.tree.map(one, sub, rules, full_shapes)
     treedef = jax.tree.structure(sub)
