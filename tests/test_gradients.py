@@ -143,7 +143,7 @@ def test_every_gradient_is_finite_and_nonzero(example):
 # packed along every direction); a slope across a jump is off by jump / step, and the median
 # of many neighbours' slopes outvotes those. Measured (session 14) against the float64
 # gradient: the median of three central differences at steps 5e-9 .. 2e-8 was off by up to
-# 6.4e-4 |g|; this estimate at the windows below by at most 5e-6 |g|, for every kind.
+# 6.4e-4 |g|; this estimate at the windows below by at most 1.1e-5 |g|, for every kind.
 WINDOW = {"hparams": 1e-5, "params": 1e-6}  # hparams: relative (d loss / d log h)
 POINTS = 16  # K
 BOUND = {"float32": 1e-2, "float64": 1e-4}  # the issue's bounds, relative to |g|

@@ -79,9 +79,10 @@ def embed(sub: Params, rules, idx: Indices, full_shapes) -> tuple[Params, Params
     out of range (filled with 0) where the sub-model has nothing. The inverse of each unit's
     channels is computed once and reused by every axis it sizes. (An N-d scatter with a
     broadcast index grid did the same with an index array of one row per sub-model element,
-    e.g. 38 MB for one full-width ResNet18 3x3x512x512 kernel, and one scatter per leaf and
-    client: 896 of a GoogLeNet Hermes round's 898 scatters. Compile time did not change
-    measurably: ResNet18 1/8 Hermes round, 131 s against 127-144 s, session 15.)
+    e.g. 38 MB for one full-width ResNet18 3x3x512x512 kernel, and two scatters per leaf:
+    a GoogLeNet round had 1,546 scatters (HeteroFL) and 2,574 (Hermes), now 2. Compile time
+    did not change measurably: ResNet18 1/8 Hermes round, old 144 / 127 s, new 131 / 170 s
+    on shared cores, session 15.)
     """
     inverses = {}
 
