@@ -108,6 +108,10 @@ def default_config() -> ml_collections.ConfigDict:
     # clients per lax.map chunk with "map": an int, or "auto" (1 on CPU, measured fastest there;
     # on an accelerator the clients that fit in half its memory). Typed object: int or "auto".
     c.client_chunk = ml_collections.FieldReference("auto", field_type=object)
+    # XLA backend optimisation level of the round program: "auto" (XLA's default, or XLA_FLAGS)
+    # or 0..3. Level 0 compiles big families far faster and in less memory on CPU, and runs
+    # rounds slower (benchmarks/README.md): GoogLeNet's FedConv round needs it on a 24 GB CPU.
+    c.xla_opt_level = ml_collections.FieldReference("auto", field_type=object)
     c.clients_per_round = 0  # clients drawn per round, in the compiled round (0 or num_clients = all)
     c.devices = 1  # devices the client axis is sharded over (1..jax.device_count(); sharding.py)
     c.eval_chunk = 1024  # examples per evaluation chunk (bounds activation memory)
@@ -150,7 +154,7 @@ def load_config(path: str | Path) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-AUTO_OR_INT = ("client_chunk",)  # fields that take "auto" or an integer
+AUTO_OR_INT = ("client_chunk", "xla_opt_level")  # fields that take "auto" or an integer
 
 
 def _parse_value(field: str, text: str, default):
@@ -256,6 +260,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, field)
     if config.client_chunk != "auto":
         _positive_int(config, "client_chunk", allowed="\"auto\" or an integer in [1, {maximum}]")
+    if config.xla_opt_level != "auto":
+        _positive_int(config, "xla_opt_level", minimum=0, maximum=3, allowed="\"auto\" or an integer in [0, 3]")
     _positive_int(config, "batch_size", maximum=MAX_BATCH)
     _positive_int(config, "keep_checkpoints")
     for field in ("pretrain_epochs", "checkpoint_every"):

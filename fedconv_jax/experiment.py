@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from fedconv_jax.core.sharding import (
     place,
     replicated,
     state_shardings,
+    xla_compiler_options,
 )
 from fedconv_jax.core.spec import RoundSpec
 from fedconv_jax.costs import client_costs, server_examples
@@ -134,11 +136,13 @@ def round_program(exp: Experiment) -> tuple[Callable, tuple]:
     """The run's round function, jitted as the run loop jits it (state donated, layouts
     pinned), and the inputs it is called with."""
     mesh = make_client_mesh(exp.config.devices)
-    return jit_round(exp.algorithm, mesh, exp.state, exp.data, exp.hparams), (exp.state, exp.data, exp.hparams)
+    options = xla_compiler_options(exp.config.xla_opt_level)
+    round_fn = jit_round(exp.algorithm, mesh, exp.state, exp.data, exp.hparams, compiler_options=options)
+    return round_fn, (exp.state, exp.data, exp.hparams)
 
 
 def time_phases(
-    algorithm: FederatedAlgorithm, state: State, data: RoundData, hparams: HParams
+    algorithm: FederatedAlgorithm, state: State, data: RoundData, hparams: HParams, compiler_options=None
 ) -> tuple[dict[str, float], State]:
     """Seconds per phase of one round, each phase its own jitted program (compile excluded),
     and the state after the round (the fused round's result, up to summation order).
@@ -151,7 +155,7 @@ def time_phases(
     seconds = {}
 
     def timed(name: str, fn, *args):
-        compiled = jax.jit(fn).lower(*args).compile()
+        compiled = jax.jit(fn, compiler_options=compiler_options).lower(*args).compile()
         start = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         seconds[name] = time.perf_counter() - start
@@ -237,19 +241,26 @@ def run_experiment(
     # a restored state arrives unplaced
     state = place(state, state_shardings(mesh, state, exp.algorithm.per_client_fields))
 
+    # Compiles can take minutes for the big families before the progress bar starts: say so.
+    say = functools.partial(print, file=sys.stderr, flush=True) if progress and primary else _silent
     costs = None
     if config.client_costs:
+        say("fedconv-jax: compiling one client step per width for client_costs ...")
         samples = list(host_copy(exp.data.num_samples))
         costs = client_costs(exp.algorithm, samples, server_examples(exp.data))
 
     phase_seconds = None
     if config.phase_timing and exp.algorithm.phased_round is not None and start_round < config.rounds:
-        phase_seconds, _ = time_phases(exp.algorithm, state, exp.data, exp.hparams)
+        options = xla_compiler_options(config.xla_opt_level)
+        say("fedconv-jax: timing each phase of one round in its own program (phase_timing) ...")
+        phase_seconds, _ = time_phases(exp.algorithm, state, exp.data, exp.hparams, options)
 
+    say(f"fedconv-jax: compiling the round program ({config.algorithm}, {config.model}) ...")
     with counter.counting():
         start = time.perf_counter()
         compiled = round_fn.lower(state, exp.data, exp.hparams).compile()
         compile_seconds = time.perf_counter() - start
+    say(f"fedconv-jax: compiled in {compile_seconds:.1f} s")
 
     client_masks = tuple(host_copy(exp.data.client_mask))
     rows = []

@@ -82,6 +82,8 @@ BAD = [
     ("fedconv.aggregation", "median", "one of learned, mean"),
     ("fedconv.aggregation_scope", "element", "one of all, holders"),
     ("client_chunk", "fast", '"auto" or an integer'),
+    ("xla_opt_level", "4", '"auto" or an integer in [0, 3]'),
+    ("xla_opt_level", "fast", '"auto" or an integer'),
     ("dataset", "mnist", "digits or tfds:<name>"),
     ("dataset", "tfds:", "digits or tfds:<name>"),
     ("partition", "pathological", "one of dirichlet, iid, shards"),

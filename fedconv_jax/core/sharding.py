@@ -139,9 +139,12 @@ def state_shardings(mesh, state, per_client_fields: tuple[str, ...]):
     })
 
 
-def jit_round(algorithm: FederatedAlgorithm, mesh, state, data, hparams, donate: bool = True):
+def jit_round(
+    algorithm: FederatedAlgorithm, mesh, state, data, hparams, donate: bool = True, compiler_options=None
+):
     """jit of `algorithm.round(state, data, hparams)` with the state's layout pinned on the
-    way out, so round r+1 reuses round r's program; the hyper-parameters are replicated."""
+    way out, so round r+1 reuses round r's program; the hyper-parameters are replicated.
+    `compiler_options`: XLA options of this program only (see `xla_compiler_options`)."""
     shardings = state_shardings(mesh, state, algorithm.per_client_fields)
     metrics = jax.eval_shape(algorithm.round, state, data, hparams)[1]
     return jax.jit(
@@ -149,7 +152,13 @@ def jit_round(algorithm: FederatedAlgorithm, mesh, state, data, hparams, donate:
         in_shardings=(shardings, data_shardings(mesh, data), replicated(mesh, hparams)),
         out_shardings=(shardings, replicated(mesh, metrics)),
         donate_argnums=(0,) if donate else (),
+        compiler_options=compiler_options,
     )
+
+
+def xla_compiler_options(opt_level: int | str) -> dict | None:
+    """`jax.jit` compiler options for the config's `xla_opt_level` ("auto": none)."""
+    return None if opt_level == "auto" else {"xla_backend_optimization_level": int(opt_level)}
 
 
 __all__ = [
@@ -164,4 +173,5 @@ __all__ = [
     "replicated",
     "request_cpu_devices",
     "state_shardings",
+    "xla_compiler_options",
 ]
