@@ -38,6 +38,7 @@ from fedconv_jax.config import (
     validate,
 )
 from fedconv_jax.core.algorithm import FederatedAlgorithm, algorithm_entry
+from fedconv_jax.core.sharding import xla_compiler_options
 from fedconv_jax.costs import client_costs, server_examples
 from fedconv_jax.experiment import build_experiment, initial_state
 from fedconv_jax.metrics import CompileCounter, MetricsWriter, params_digest, round_row
@@ -160,7 +161,9 @@ def run_sweep(
     counter = CompileCounter()
     with counter.counting():
         start = time.perf_counter()
-        compiled = jax.jit(make_sweep_round(algorithm, run_axis), donate_argnums=0).lower(states, exp.data, hparams).compile()
+        options = xla_compiler_options(base.xla_opt_level)
+        program = jax.jit(make_sweep_round(algorithm, run_axis), donate_argnums=0, compiler_options=options)
+        compiled = program.lower(states, exp.data, hparams).compile()
         compile_seconds = time.perf_counter() - start
     client_masks = tuple(np.asarray(m) for m in exp.data.client_mask)
     bar = tqdm(range(1, base.rounds + 1), desc=f"sweep of {len(runs)}", unit="round", disable=not progress)
