@@ -61,9 +61,13 @@ def test_smoke_config_learns_compiles_once_and_reruns_from_the_cache(tmp_path):
         output = proc.stdout + proc.stderr
         assert "warning" not in output.lower(), output[-2000:]
         assert "Traceback" not in output
-        # Nothing but the progress bar (carriage-return updates on stderr) and the result line.
+        # Nothing but what is compiling, the progress bar (carriage-return updates on stderr)
+        # and the result line.
         assert proc.stdout.strip().startswith("round "), proc.stdout
-        assert all(line.startswith("rounds:") for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()), proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()]
+        assert "fedconv-jax: compiling the round program (fedconv, cnn) ..." in lines, proc.stderr[-2000:]
+        assert any(line.startswith("fedconv-jax: compiled in ") for line in lines), proc.stderr[-2000:]
+        assert all(line.startswith(("rounds:", "fedconv-jax: compil")) for line in lines), proc.stderr[-2000:]
 
 
 BAD = [
