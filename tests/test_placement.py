@@ -1,4 +1,4 @@
-"""client_parallelism / client_chunk "auto": per backend, the chunk sized from memory on accelerators."""
+"""Execution choices: client_parallelism / client_chunk "auto" (per backend, the chunk sized from memory on accelerators) and xla_opt_level."""
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +12,12 @@ from fedconv_jax.config import (
     validate,
 )
 from fedconv_jax.core import sharding
-from fedconv_jax.experiment import build_experiment, round_program
 from fedconv_jax.core.placement import (
     clients_that_fit,
     device_memory_bytes,
     resolve_client_parallelism,
 )
+from fedconv_jax.experiment import build_experiment, round_program
 
 
 def _never():
